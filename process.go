@@ -1,0 +1,667 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+)
+
+// want is what the supervisor wants of a process; the goroutine that runs
+// the process reads it whenever the process ends or a wait is interrupted.
+type want uint8
+
+const (
+	wantRun     want = iota // keep it running
+	wantStop                // stop it for good (Stop, row deleted, shutdown)
+	wantReplace             // stop it and start process.next (row put again)
+	wantGroup               // stop it and leave it for a group restart
+)
+
+// Causes with which the supervisor cancels an attempt's context.
+var (
+	errForcedStop = errors.New("supervisor: forced stop")
+	errKilled     = errors.New("supervisor: killed by the error kernel")
+	errAttemptEnd = errors.New("supervisor: process returned")
+)
+
+// process is one row's process. Its fields are guarded by tree.mu; one
+// goroutine at a time (running) runs it and handles its exits.
+type process[K comparable, P Runnable] struct {
+	key         K
+	name        string // fmt.Sprint(key), for events
+	failureName string // "<supervisor>/<key>", for the kernel
+	value       P
+	policy      RestartPolicy
+	seq         uint64 // start order
+
+	state    ProcessState
+	since    time.Time
+	restarts int
+	lastErr  error
+
+	want      want
+	next      P               // wantReplace: the value to start
+	att       *attempt[K, P]  // the current run; nil between runs
+	running   bool            // a goroutine runs the process
+	done      chan struct{}   // closed when that goroutine ends
+	wake      chan struct{}   // interrupts a backoff wait (capacity 1)
+	oneShot   bool            // started by Start: a failed start is not retried
+	queued    bool            // waits in the group restart queue
+	delay     time.Duration   // queued: the restart delay
+	bo        backoff.BackOff // created at the first failure
+	unhealthy bool            // failed since it last ran healthy
+}
+
+// attempt is one run of a process: one call of Runnable.Run.
+type attempt[K comparable, P Runnable] struct {
+	t      *tree[K, P]
+	p      *process[K, P]
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	stop   chan struct{} // closed to ask for a graceful stop
+
+	// guarded by tree.mu
+	stopAsked bool
+	ready     bool
+	ended     bool
+	settled   chan struct{} // closed once ready or ended
+	startErr  error         // why it ended before ready
+	decided   bool          // a Report got Kill or Abort: the exit is not reported again
+	action    Action
+	timers    []*time.Timer // stop and health timers, stopped when it ends
+}
+
+// tree is the state of one Run.
+type tree[K comparable, P Runnable] struct {
+	s     *Supervisor[K, P]
+	cfg   *config
+	table Table[K, P]
+	ctx   context.Context
+
+	mu          sync.Mutex
+	procs       map[K]*process[K, P]
+	ended       map[K]struct{} // ended for good: scans skip them
+	seq         uint64
+	stopping    bool
+	intensity   intensity
+	groupQueue  []*process[K, P]
+	groupSignal chan struct{}
+	groupDone   chan struct{}
+
+	shutdown chan struct{} // closed when stopAll begins
+	gaveUp   chan struct{} // closed when the intensity was exceeded
+	giveUp   sync.Once
+	stopOnce sync.Once
+}
+
+func newTree[K comparable, P Runnable](ctx context.Context, s *Supervisor[K, P], cfg *config) *tree[K, P] {
+	t := &tree[K, P]{
+		s: s, cfg: cfg, table: s.table, ctx: ctx,
+		procs:       map[K]*process[K, P]{},
+		ended:       map[K]struct{}{},
+		intensity:   intensity{max: cfg.maxRestarts, period: cfg.period},
+		groupSignal: make(chan struct{}, 1),
+		shutdown:    make(chan struct{}),
+		gaveUp:      make(chan struct{}),
+	}
+	if cfg.strategy != OneForOne {
+		t.groupDone = make(chan struct{})
+		go t.groupRestarter()
+	}
+	return t
+}
+
+// newProcessLocked adds a process for row k; t.mu held.
+func (t *tree[K, P]) newProcessLocked(k K, v P) *process[K, P] {
+	name := fmt.Sprint(k)
+	p := &process[K, P]{key: k, name: name, failureName: t.cfg.name + "/" + name, wake: make(chan struct{}, 1)}
+	t.resetLocked(p, v)
+	t.procs[k] = p
+	return p
+}
+
+// resetLocked makes p a fresh process of v at the end of the start order.
+func (t *tree[K, P]) resetLocked(p *process[K, P], v P) {
+	t.seq++
+	p.seq = t.seq
+	p.value = v
+	p.policy = t.cfg.restart
+	if rp, ok := any(v).(interface{ RestartPolicy() RestartPolicy }); ok && !isNil(v) {
+		if r := rp.RestartPolicy(); r <= Temporary {
+			p.policy = r
+		} else {
+			t.cfg.logger.Warn("supervisor: unknown restart policy; using the default",
+				"supervisor", t.cfg.name, "process", p.name, "policy", r)
+		}
+	}
+	p.want = wantRun
+	p.restarts = 0
+	p.lastErr = nil
+	p.bo = nil
+	p.unhealthy = false
+	p.oneShot = false
+}
+
+// spawnLocked starts the goroutine that runs p; t.mu held.
+func (t *tree[K, P]) spawnLocked(p *process[K, P]) *attempt[K, P] {
+	a := t.newAttemptLocked(p)
+	p.running = true
+	p.queued = false
+	p.done = make(chan struct{})
+	go t.live(p, a, p.done)
+	return a
+}
+
+func (t *tree[K, P]) newAttemptLocked(p *process[K, P]) *attempt[K, P] {
+	a := &attempt[K, P]{t: t, p: p, stop: make(chan struct{}), settled: make(chan struct{})}
+	a.ctx, a.cancel = context.WithCancelCause(withReporter(t.ctx, a))
+	p.att = a
+	t.setStateLocked(p, ProcessStarting)
+	return a
+}
+
+func (t *tree[K, P]) setStateLocked(p *process[K, P], s ProcessState) {
+	p.state = s
+	p.since = time.Now()
+}
+
+// live runs p until it ends for good or leaves it to a group restart.
+func (t *tree[K, P]) live(p *process[K, P], a *attempt[K, P], done chan struct{}) {
+	defer close(done)
+	for a != nil {
+		err := t.runAttempt(p, a)
+		a = t.afterExit(p, a, err)
+	}
+}
+
+// runAttempt calls Run once, failing the start after StartTimeout.
+func (t *tree[K, P]) runAttempt(p *process[K, P], a *attempt[K, P]) error {
+	t.event(p, Event{Kind: EventStarting})
+	if isNil(p.value) {
+		return fmt.Errorf("row %v: %w", p.name, ErrNilProcess)
+	}
+	startTimer := time.AfterFunc(t.cfg.startTimeout, func() { a.cancel(ErrStartTimeout) })
+	err := callRun(a.ctx, p.value, a.callback)
+	startTimer.Stop()
+	if !a.isReady() && context.Cause(a.ctx) == ErrStartTimeout {
+		return fmt.Errorf("%w after %v", ErrStartTimeout, t.cfg.startTimeout)
+	}
+	return err
+}
+
+func callRun[P Runnable](ctx context.Context, p P, callback Callback) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = newPanicError(v)
+		}
+	}()
+	return p.Run(ctx, callback)
+}
+
+// callback is what the process calls when it is ready: it marks it
+// running and waits for a stop.
+func (a *attempt[K, P]) callback(ctx context.Context) error {
+	a.markReady()
+	select {
+	case <-ctx.Done():
+	case <-a.stop:
+	case <-a.ctx.Done():
+	}
+	return nil
+}
+
+func (a *attempt[K, P]) markReady() {
+	t, p := a.t, a.p
+	t.mu.Lock()
+	if a.ready || a.ended || a.ctx.Err() != nil {
+		t.mu.Unlock()
+		return
+	}
+	a.ready = true
+	close(a.settled)
+	p.oneShot = false
+	if !a.stopAsked {
+		t.setStateLocked(p, ProcessRunning)
+	}
+	if p.unhealthy {
+		a.timers = append(a.timers, time.AfterFunc(t.cfg.healthyAfter, func() { t.markHealthy(a) }))
+	}
+	t.mu.Unlock()
+	t.event(p, Event{Kind: EventReady})
+}
+
+// markHealthy resets the backoff and the kernel's Consecutive count of a
+// process that has been up for HealthyAfter.
+func (t *tree[K, P]) markHealthy(a *attempt[K, P]) {
+	p := a.p
+	t.mu.Lock()
+	if p.att != a || a.ended {
+		t.mu.Unlock()
+		return
+	}
+	p.unhealthy = false
+	if p.bo != nil {
+		p.bo.Reset()
+	}
+	t.mu.Unlock()
+	t.cfg.kernel.Healthy(p.failureName)
+}
+
+func (a *attempt[K, P]) isReady() bool {
+	a.t.mu.Lock()
+	defer a.t.mu.Unlock()
+	return a.ready
+}
+
+// report is Report from inside the process: the failure goes to the
+// kernel and Kill or Abort cancel the process before Report returns.
+func (a *attempt[K, P]) report(ctx context.Context, err error, msg any) Action {
+	t, p := a.t, a.p
+	action := t.cfg.kernel.Report(ctx, Failure{
+		Process: p.failureName, Err: err, Message: msg, Restart: p.policy,
+	})
+	if ctx.Err() != nil {
+		return action // answered because ctx ended: not acted upon
+	}
+	t.mu.Lock()
+	p.lastErr = err
+	p.unhealthy = true
+	act := action != Continue && !a.ended
+	if act && (!a.decided || action > a.action) {
+		a.decided, a.action = true, action
+	}
+	t.mu.Unlock()
+	t.event(p, Event{Kind: EventFailed, Err: err, Action: action})
+	if act {
+		a.cancel(errKilled)
+	}
+	return action
+}
+
+// afterExit handles the end of attempt a and returns the next attempt of
+// p, or nil when p's goroutine should end.
+func (t *tree[K, P]) afterExit(p *process[K, P], a *attempt[K, P], err error) *attempt[K, P] {
+	t.mu.Lock()
+	a.ended = true
+	if !a.ready {
+		a.startErr = err
+		if a.startErr == nil {
+			a.startErr = errors.New("process returned before it was ready")
+		}
+		close(a.settled)
+	}
+	for _, tm := range a.timers {
+		tm.Stop()
+	}
+	p.att = nil
+	w, decided, action, wasReady := p.want, a.decided, a.action, a.ready
+	t.mu.Unlock()
+	a.cancel(errAttemptEnd)
+
+	if w != wantRun || t.ctx.Err() != nil {
+		return t.afterStop(p, err, decided)
+	}
+	switch {
+	case decided:
+	case err == nil && p.policy != Permanent:
+		t.endForGood(p, EventStopped, nil)
+		return nil
+	case err == nil:
+		action = Kill // a clean exit of a permanent process: backoff, no kernel
+	default:
+		action = t.reportExit(p, err)
+		if t.ctx.Err() != nil {
+			t.endForGood(p, EventStopped, nil)
+			return nil
+		}
+	}
+	return t.restart(p, action, err, wasReady)
+}
+
+// afterStop handles the exit of a process the supervisor asked to stop.
+// A failure on the way out still goes to the kernel (its answer changes
+// nothing).
+func (t *tree[K, P]) afterStop(p *process[K, P], err error, decided bool) *attempt[K, P] {
+	if t.isStopExit(err) {
+		err = nil
+	} else if !decided {
+		t.reportExit(p, err)
+	}
+	t.event(p, Event{Kind: EventStopped, Err: err})
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case p.want == wantReplace && !t.stopping:
+		return t.replaceLocked(p)
+	case p.want == wantGroup && !t.stopping:
+		t.setStateLocked(p, ProcessBackoff)
+	default:
+		t.removeLocked(p)
+	}
+	p.running = false
+	return nil
+}
+
+// replaceLocked turns p into a fresh process of the value its row was put
+// with and returns its first attempt; t.mu held.
+func (t *tree[K, P]) replaceLocked(p *process[K, P]) *attempt[K, P] {
+	t.resetLocked(p, p.next)
+	var zero P
+	p.next = zero
+	return t.newAttemptLocked(p)
+}
+
+// isStopExit reports whether err is how a process says it stopped because
+// it was asked to.
+func (t *tree[K, P]) isStopExit(err error) bool {
+	return err == nil || errors.Is(err, context.Canceled) || errors.Is(err, errForcedStop) ||
+		(t.ctx.Err() != nil && errors.Is(err, t.ctx.Err()))
+}
+
+// reportExit sends the failure of an exited process to the kernel, with
+// Run's context (the process's own is done).
+func (t *tree[K, P]) reportExit(p *process[K, P], err error) Action {
+	action := t.cfg.kernel.Report(t.ctx, Failure{
+		Process: p.failureName, Err: err, Exited: true, Restart: p.policy,
+	})
+	t.mu.Lock()
+	p.lastErr = err
+	p.unhealthy = true
+	t.mu.Unlock()
+	t.event(p, Event{Kind: EventFailed, Err: err, Action: action})
+	return action
+}
+
+// restart acts on the kernel's answer to p's exit.
+func (t *tree[K, P]) restart(p *process[K, P], action Action, err error, wasReady bool) *attempt[K, P] {
+	if p.policy == Temporary && action != Abort {
+		t.endForGood(p, EventStopped, nil)
+		return nil
+	}
+	if action == Abort {
+		t.endForGood(p, EventAborted, err)
+		return nil
+	}
+	t.mu.Lock()
+	if p.oneShot && !wasReady { // a failed Start leaves nothing running
+		t.mu.Unlock()
+		t.endRemoved(p)
+		return nil
+	}
+	var delay time.Duration
+	if action == Kill {
+		p.unhealthy = true
+		if p.bo == nil {
+			p.bo = t.cfg.newBackoff()
+		}
+		if delay = p.bo.NextBackOff(); delay == backoff.Stop {
+			t.mu.Unlock()
+			t.endForGood(p, EventAborted, err)
+			return nil
+		}
+		if t.intensity.add(time.Now()) {
+			t.removeLocked(p)
+			p.running = false
+			t.mu.Unlock()
+			t.exceeded(p, err)
+			return nil
+		}
+	}
+	if t.cfg.strategy != OneForOne {
+		t.enqueueGroupLocked(p, delay)
+		t.mu.Unlock()
+		return nil
+	}
+	t.setStateLocked(p, ProcessBackoff)
+	t.mu.Unlock()
+	if delay > 0 {
+		t.event(p, Event{Kind: EventBackoff, Delay: delay})
+		if !t.sleep(p, delay) {
+			return t.interrupted(p)
+		}
+	}
+	return t.restartAttempt(p)
+}
+
+// sleep waits d unless p's want changes or the supervisor shuts down;
+// it reports whether the whole delay passed.
+func (t *tree[K, P]) sleep(p *process[K, P], d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		select {
+		case <-timer.C:
+			return true
+		case <-t.shutdown:
+			return false
+		case <-t.ctx.Done():
+			return false
+		case <-p.wake:
+			t.mu.Lock()
+			w := p.want
+			t.mu.Unlock()
+			if w != wantRun {
+				return false
+			}
+		}
+	}
+}
+
+// interrupted handles a backoff wait cut short by a stop or replacement.
+func (t *tree[K, P]) interrupted(p *process[K, P]) *attempt[K, P] {
+	t.mu.Lock()
+	if p.want == wantReplace && !t.stopping {
+		defer t.mu.Unlock()
+		return t.replaceLocked(p)
+	}
+	t.mu.Unlock()
+	t.endRemoved(p)
+	return nil
+}
+
+// restartAttempt reads p's row again and starts its next attempt, unless
+// the row is gone.
+func (t *tree[K, P]) restartAttempt(p *process[K, P]) *attempt[K, P] {
+	v, err := t.table.Get(t.ctx, p.key)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		t.endRemoved(p)
+		return nil
+	case err != nil:
+		t.tableError(fmt.Errorf("read row %v before restart (restarting the previous value): %w", p.name, err))
+	}
+	t.mu.Lock()
+	if p.want == wantReplace && !t.stopping {
+		defer t.mu.Unlock()
+		return t.replaceLocked(p)
+	}
+	if p.want != wantRun || t.stopping {
+		t.mu.Unlock()
+		t.endRemoved(p)
+		return nil
+	}
+	if err == nil {
+		p.value = v
+	}
+	p.restarts++
+	a := t.newAttemptLocked(p)
+	t.mu.Unlock()
+	t.event(p, Event{Kind: EventRestarting})
+	return a
+}
+
+// endForGood ends p: scans skip it until its row is put again or comes
+// back.
+func (t *tree[K, P]) endForGood(p *process[K, P], kind EventKind, err error) {
+	t.mu.Lock()
+	if t.procs[p.key] == p {
+		t.ended[p.key] = struct{}{}
+	}
+	t.removeLocked(p)
+	p.running = false
+	t.mu.Unlock()
+	t.event(p, Event{Kind: kind, Err: err})
+}
+
+// endRemoved ends p, whose row is gone or which was stopped.
+func (t *tree[K, P]) endRemoved(p *process[K, P]) {
+	t.mu.Lock()
+	t.removeLocked(p)
+	p.running = false
+	t.mu.Unlock()
+	t.event(p, Event{Kind: EventStopped})
+}
+
+func (t *tree[K, P]) removeLocked(p *process[K, P]) {
+	if t.procs[p.key] == p {
+		delete(t.procs, p.key)
+	}
+	p.queued = false
+}
+
+// exceeded gives up: the restart intensity was exceeded.
+func (t *tree[K, P]) exceeded(p *process[K, P], err error) {
+	t.giveUp.Do(func() {
+		t.event(p, Event{Kind: EventTooManyRestarts, Err: err})
+		close(t.gaveUp)
+	})
+}
+
+func (t *tree[K, P]) isStopping() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.stopping
+}
+
+func (t *tree[K, P]) hasGivenUp() bool {
+	select {
+	case <-t.gaveUp:
+		return true
+	default:
+		return false
+	}
+}
+
+// requestStopLocked asks p to stop because of w and reports whether an
+// EventStopping is due; t.mu held. A process with no attempt (backing off)
+// is woken.
+func (t *tree[K, P]) requestStopLocked(p *process[K, P], w want) bool {
+	p.want = w
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	a := p.att
+	if a == nil || a.stopAsked {
+		return false
+	}
+	a.stopAsked = true
+	close(a.stop)
+	t.setStateLocked(p, ProcessStopping)
+	return true
+}
+
+// armStopTimersLocked forces the stop of a after StopTimeout and reports
+// it with EventStopTimeout after another; for stops nobody waits for.
+func (t *tree[K, P]) armStopTimersLocked(a *attempt[K, P]) {
+	d := t.cfg.stopTimeout
+	a.timers = append(a.timers,
+		time.AfterFunc(d, func() { a.cancel(errForcedStop) }),
+		time.AfterFunc(2*d, func() { t.stopTimedOut(a.p) }))
+}
+
+func (t *tree[K, P]) stopTimedOut(p *process[K, P]) {
+	t.event(p, Event{Kind: EventStopTimeout, Err: fmt.Errorf("%w: still running %v after the graceful and forced stop",
+		ErrStopTimeout, 2*t.cfg.stopTimeout)})
+}
+
+// awaitStop waits for the goroutine of p (done) after a stop request:
+// graceful for StopTimeout or until ctx is done, then forced for another
+// StopTimeout.
+func (t *tree[K, P]) awaitStop(ctx context.Context, p *process[K, P], a *attempt[K, P], done <-chan struct{}) error {
+	timer := time.NewTimer(t.cfg.stopTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	case <-timer.C:
+	}
+	if a != nil {
+		a.cancel(errForcedStop)
+	}
+	timer.Reset(t.cfg.stopTimeout)
+	select {
+	case <-done:
+		return nil
+	case <-timer.C:
+		t.stopTimedOut(p)
+		return fmt.Errorf("%s: %w", p.failureName, ErrStopTimeout)
+	}
+}
+
+// event delivers e about p; never call it with t.mu held.
+func (t *tree[K, P]) event(p *process[K, P], e Event) {
+	if p != nil {
+		e.Process = p.name
+	}
+	e.Supervisor = t.cfg.name
+	e.Time = time.Now()
+	t.log(e)
+	if t.cfg.onEvent != nil {
+		t.deliver(e)
+	}
+}
+
+func (t *tree[K, P]) deliver(e Event) {
+	defer func() {
+		if v := recover(); v != nil {
+			t.cfg.logger.Error("supervisor: OnEvent panicked", "supervisor", t.cfg.name, "event", e.String(), "panic", v)
+		}
+	}()
+	t.cfg.onEvent(e)
+}
+
+func (t *tree[K, P]) log(e Event) {
+	level := slog.LevelDebug
+	switch e.Kind {
+	case EventFailed, EventBackoff:
+		level = slog.LevelWarn
+	case EventAborted, EventStopTimeout, EventTooManyRestarts, EventTableError:
+		level = slog.LevelError
+	case EventStopped:
+		if e.Err != nil {
+			level = slog.LevelWarn
+		}
+	}
+	logger := t.cfg.logger
+	if !logger.Enabled(context.Background(), level) {
+		return
+	}
+	attrs := []slog.Attr{slog.String("supervisor", e.Supervisor), slog.String("event", e.Kind.String())}
+	if e.Process != "" {
+		attrs = append(attrs, slog.String("process", e.Process))
+	}
+	if e.Err != nil {
+		attrs = append(attrs, slog.Any("err", e.Err))
+		if pe, ok := IsPanic(e.Err); ok {
+			attrs = append(attrs, slog.String("stack", string(pe.Stack)))
+		}
+	}
+	switch e.Kind {
+	case EventFailed:
+		attrs = append(attrs, slog.String("action", e.Action.String()))
+	case EventBackoff:
+		attrs = append(attrs, slog.Duration("delay", e.Delay))
+	}
+	logger.LogAttrs(context.Background(), level, "supervisor: "+e.Kind.String(), attrs...)
+}
+
+func (t *tree[K, P]) tableError(err error) {
+	t.event(nil, Event{Kind: EventTableError, Err: err})
+}

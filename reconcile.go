@@ -1,0 +1,345 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// This file keeps the running processes equal to the table's rows: the
+// first read, scans, watched changes, Start and Stop, and the final stop.
+
+// watch subscribes to the table's changes, if it announces them. It is
+// called before the first read, so no change after that read is missed.
+func (t *tree[K, P]) watch() <-chan K {
+	w, ok := t.table.(Watcher[K])
+	if !ok {
+		return nil
+	}
+	ch, err := w.Watch(t.ctx)
+	if err != nil {
+		t.tableError(fmt.Errorf("watch (falling back to scans): %w", err))
+		return nil
+	}
+	return ch
+}
+
+// loop reconciles until callback returned, ctx is done or the supervisor
+// gives up.
+func (t *tree[K, P]) loop(watch <-chan K, callbackDone <-chan struct{}, cancelCallback context.CancelCauseFunc) {
+	scans := time.NewTicker(t.cfg.scanInterval)
+	defer scans.Stop()
+	for {
+		select {
+		case <-callbackDone:
+			return
+		case <-t.ctx.Done():
+			t.stopAll()
+			return
+		case <-t.gaveUp:
+			t.stopAll()
+			cancelCallback(ErrTooManyRestarts)
+			return
+		case <-scans.C:
+			t.scan()
+		case k, ok := <-watch:
+			if !ok {
+				watch = nil
+				if t.ctx.Err() == nil {
+					t.tableError(errors.New("watch channel closed (falling back to scans)"))
+				}
+				continue
+			}
+			t.reconcileKey(k)
+		}
+	}
+}
+
+// scan reads every row: it starts the rows that have no process (unless
+// they ended for good) and, when the read was complete, stops the
+// processes whose row is gone. It returns the first attempts it started.
+// A row whose read failed counts as present.
+func (t *tree[K, P]) scan() []*attempt[K, P] {
+	it, err := t.table.Iter(t.ctx)
+	if err != nil {
+		t.tableError(fmt.Errorf("iterate: %w", err))
+		return nil
+	}
+	seen := map[K]struct{}{}
+	var started []*attempt[K, P]
+	for it.Next() {
+		k, v, err := it.Get(t.ctx)
+		seen[k] = struct{}{}
+		if err != nil {
+			t.tableError(fmt.Errorf("read row %v: %w", k, err))
+			continue
+		}
+		if a := t.startIfAbsent(k, v); a != nil {
+			started = append(started, a)
+		}
+	}
+	complete := true
+	if err := it.Err(); err != nil {
+		complete = false
+		t.tableError(fmt.Errorf("iterate: %w", err))
+	}
+	if err := it.Close(); err != nil {
+		t.tableError(fmt.Errorf("close iterator: %w", err))
+	}
+	if complete {
+		t.dropMissing(seen)
+	}
+	return started
+}
+
+// startIfAbsent starts row k unless it has a process or ended for good.
+func (t *tree[K, P]) startIfAbsent(k K, v P) *attempt[K, P] {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopping {
+		return nil
+	}
+	if _, ok := t.procs[k]; ok {
+		return nil
+	}
+	if _, ok := t.ended[k]; ok {
+		return nil
+	}
+	return t.spawnLocked(t.newProcessLocked(k, v))
+}
+
+// dropMissing stops the processes whose row was not seen and forgets the
+// ended rows that are gone (so they start when they come back).
+func (t *tree[K, P]) dropMissing(seen map[K]struct{}) {
+	var stopping []*process[K, P]
+	t.mu.Lock()
+	for k := range t.ended {
+		if _, ok := seen[k]; !ok {
+			delete(t.ended, k)
+		}
+	}
+	for k, p := range t.procs {
+		if _, ok := seen[k]; !ok && p.want != wantStop {
+			stopping = append(stopping, p)
+		}
+	}
+	t.mu.Unlock()
+	for _, p := range stopping {
+		t.stopForGood(p)
+	}
+}
+
+// reconcileKey applies a watched change of row k.
+func (t *tree[K, P]) reconcileKey(k K) {
+	v, err := t.table.Get(t.ctx, k)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		t.tableError(fmt.Errorf("read row %v: %w", k, err))
+		return
+	}
+	t.mu.Lock()
+	if t.stopping {
+		t.mu.Unlock()
+		return
+	}
+	delete(t.ended, k) // put again or deleted: no longer ended for good
+	p := t.procs[k]
+	switch {
+	case err != nil && p == nil:
+		t.mu.Unlock()
+	case err != nil:
+		t.mu.Unlock()
+		t.stopForGood(p)
+	case p == nil:
+		t.spawnLocked(t.newProcessLocked(k, v))
+		t.mu.Unlock()
+	case !p.running: // down for a group restart: start the new value now
+		t.resetLocked(p, v)
+		t.spawnLocked(p)
+		t.mu.Unlock()
+	default:
+		p.next = v
+		t.requestStopTimedLocked(p, wantReplace)
+	}
+}
+
+// stopForGood asks p to stop because its row is gone, without waiting.
+func (t *tree[K, P]) stopForGood(p *process[K, P]) {
+	t.mu.Lock()
+	if p.want == wantStop || t.procs[p.key] != p {
+		t.mu.Unlock()
+		return
+	}
+	if !p.running {
+		t.mu.Unlock()
+		t.endRemoved(p)
+		return
+	}
+	t.requestStopTimedLocked(p, wantStop)
+}
+
+// requestStopTimedLocked asks p to stop, arming the timers that force it
+// and report it if it does not; it unlocks t.mu.
+func (t *tree[K, P]) requestStopTimedLocked(p *process[K, P], w want) {
+	asked := t.requestStopLocked(p, w)
+	if asked {
+		t.armStopTimersLocked(p.att)
+	}
+	t.mu.Unlock()
+	if asked {
+		t.event(p, Event{Kind: EventStopping})
+	}
+}
+
+// awaitSettled waits until each attempt is ready or has ended, for at most
+// StartTimeout.
+func (t *tree[K, P]) awaitSettled(started []*attempt[K, P]) {
+	if len(started) == 0 {
+		return
+	}
+	timer := time.NewTimer(t.cfg.startTimeout)
+	defer timer.Stop()
+	for _, a := range started {
+		select {
+		case <-a.settled:
+		case <-timer.C:
+			return
+		case <-t.ctx.Done():
+			return
+		case <-t.gaveUp:
+			return
+		}
+	}
+}
+
+// checkStartable returns ErrProcessExists if k has a process.
+func (t *tree[K, P]) checkStartable(k K) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopping {
+		return t.s.errorf("start %v: %w", k, ErrNotRunning)
+	}
+	if _, ok := t.procs[k]; ok {
+		return t.s.errorf("start %v: %w", k, ErrProcessExists)
+	}
+	return nil
+}
+
+// startOne starts row k for Start: a failed start is not retried.
+func (t *tree[K, P]) startOne(k K, v P) (*attempt[K, P], error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopping {
+		return nil, t.s.errorf("start %v: %w", k, ErrNotRunning)
+	}
+	if _, ok := t.procs[k]; ok {
+		return nil, t.s.errorf("start %v: %w", k, ErrProcessExists)
+	}
+	delete(t.ended, k)
+	p := t.newProcessLocked(k, v)
+	p.oneShot = true
+	return t.spawnLocked(p), nil
+}
+
+// stopOne is Stop.
+func (t *tree[K, P]) stopOne(ctx context.Context, k K) error {
+	t.mu.Lock()
+	p := t.procs[k]
+	if t.stopping {
+		t.mu.Unlock()
+		return t.s.errorf("stop %v: %w", k, ErrNotRunning)
+	}
+	if p == nil || p.want == wantStop {
+		t.mu.Unlock()
+		return t.s.errorf("stop %v: %w", k, ErrProcessNotFound)
+	}
+	t.ended[k] = struct{}{}
+	if !p.running {
+		p.want = wantStop
+		t.mu.Unlock()
+		t.event(p, Event{Kind: EventStopping})
+		t.endRemoved(p)
+		return nil
+	}
+	asked := t.requestStopLocked(p, wantStop)
+	a, done := p.att, p.done
+	t.mu.Unlock()
+	if asked {
+		t.event(p, Event{Kind: EventStopping})
+	}
+	if err := t.awaitStop(ctx, p, a, done); err != nil {
+		return t.s.errorf("stop %v: %w", k, err)
+	}
+	return nil
+}
+
+// stopAll stops every process concurrently — graceful for StopTimeout,
+// then forced for another — and waits for them; the ones still running
+// after that are reported with EventStopTimeout and left behind. Nothing
+// starts after stopAll began.
+func (t *tree[K, P]) stopAll() {
+	t.stopOnce.Do(func() {
+		t.mu.Lock()
+		t.stopping = true
+		close(t.shutdown)
+		procs := t.inStartOrderLocked()
+		var asked []*process[K, P]
+		var waits []*process[K, P]
+		attempts := map[*process[K, P]]*attempt[K, P]{}
+		dones := map[*process[K, P]]chan struct{}{}
+		for i := len(procs) - 1; i >= 0; i-- {
+			p := procs[i]
+			if !p.running {
+				t.removeLocked(p)
+				continue
+			}
+			if t.requestStopLocked(p, wantStop) {
+				asked = append(asked, p)
+			}
+			waits = append(waits, p)
+			attempts[p], dones[p] = p.att, p.done
+		}
+		t.mu.Unlock()
+		for _, p := range asked {
+			t.event(p, Event{Kind: EventStopping})
+		}
+		if t.groupDone != nil {
+			<-t.groupDone
+		}
+		t.awaitAll(waits, attempts, dones)
+	})
+}
+
+// awaitAll waits for the goroutines of the stopped processes: for
+// StopTimeout, then forces every one still running and waits another
+// StopTimeout, then reports the rest with EventStopTimeout.
+func (t *tree[K, P]) awaitAll(waits []*process[K, P], attempts map[*process[K, P]]*attempt[K, P], dones map[*process[K, P]]chan struct{}) {
+	timer := time.NewTimer(t.cfg.stopTimeout)
+	defer timer.Stop()
+	const graceful, forced, expired = 0, 1, 2
+	phase := graceful
+	for _, p := range waits {
+		for phase != expired {
+			select {
+			case <-dones[p]:
+			case <-timer.C:
+				phase++
+				if phase == forced {
+					for _, q := range waits {
+						if a := attempts[q]; a != nil {
+							a.cancel(errForcedStop)
+						}
+					}
+					timer.Reset(t.cfg.stopTimeout)
+				}
+				continue
+			}
+			break
+		}
+		select {
+		case <-dones[p]:
+		default:
+			t.stopTimedOut(p)
+		}
+	}
+}
