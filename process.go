@@ -55,6 +55,8 @@ type process[K comparable, P Runnable] struct {
 	delay     time.Duration   // queued: the restart delay
 	bo        backoff.BackOff // created at the first failure
 	unhealthy bool            // failed since it last ran healthy
+	events    []Event         // queued for delivery, in the order they happened
+	draining  bool            // a goroutine is delivering events
 }
 
 // attempt is one run of a process: one call of Runnable.Run.
@@ -69,9 +71,11 @@ type attempt[K comparable, P Runnable] struct {
 	stopAsked bool
 	ready     bool
 	ended     bool
-	settled   chan struct{} // closed once ready or ended
-	startErr  error         // why it ended before ready
-	decided   bool          // a Report got Kill or Abort: the exit is not reported again
+	settled   chan struct{} // closed once ready, or once its failed start was handled
+	isSettled bool
+	startErr  error       // why it ended before ready
+	startTmr  *time.Timer // fails the start after StartTimeout
+	decided   bool        // a Report got Kill or Abort: the exit is not reported again
 	action    Action
 	timers    []*time.Timer // stop and health timers, stopped when it ends
 }
@@ -162,6 +166,7 @@ func (t *tree[K, P]) newAttemptLocked(p *process[K, P]) *attempt[K, P] {
 	a.ctx, a.cancel = context.WithCancelCause(withReporter(t.ctx, a))
 	p.att = a
 	t.setStateLocked(p, ProcessStarting)
+	t.queueLocked(p, Event{Kind: EventStarting})
 	return a
 }
 
@@ -181,13 +186,21 @@ func (t *tree[K, P]) live(p *process[K, P], a *attempt[K, P], done chan struct{}
 
 // runAttempt calls Run once, failing the start after StartTimeout.
 func (t *tree[K, P]) runAttempt(p *process[K, P], a *attempt[K, P]) error {
-	t.event(p, Event{Kind: EventStarting})
+	t.flush(p)
 	if isNil(p.value) {
 		return fmt.Errorf("row %v: %w", p.name, ErrNilProcess)
 	}
-	startTimer := time.AfterFunc(t.cfg.startTimeout, func() { a.cancel(ErrStartTimeout) })
+	t.mu.Lock()
+	if !a.ready {
+		a.startTmr = time.AfterFunc(t.cfg.startTimeout, func() { a.cancel(ErrStartTimeout) })
+	}
+	t.mu.Unlock()
 	err := callRun(a.ctx, p.value, a.callback)
-	startTimer.Stop()
+	t.mu.Lock()
+	if a.startTmr != nil {
+		a.startTmr.Stop()
+	}
+	t.mu.Unlock()
 	if !a.isReady() && context.Cause(a.ctx) == ErrStartTimeout {
 		return fmt.Errorf("%w after %v", ErrStartTimeout, t.cfg.startTimeout)
 	}
@@ -223,7 +236,10 @@ func (a *attempt[K, P]) markReady() {
 		return
 	}
 	a.ready = true
-	close(a.settled)
+	if a.startTmr != nil {
+		a.startTmr.Stop()
+	}
+	a.settleLocked()
 	p.oneShot = false
 	if !a.stopAsked {
 		t.setStateLocked(p, ProcessRunning)
@@ -231,8 +247,9 @@ func (a *attempt[K, P]) markReady() {
 	if p.unhealthy {
 		a.timers = append(a.timers, time.AfterFunc(t.cfg.healthyAfter, func() { t.markHealthy(a) }))
 	}
+	t.queueLocked(p, Event{Kind: EventReady})
 	t.mu.Unlock()
-	t.event(p, Event{Kind: EventReady})
+	t.flush(p)
 }
 
 // markHealthy resets the backoff and the kernel's Consecutive count of a
@@ -275,8 +292,9 @@ func (a *attempt[K, P]) report(ctx context.Context, err error, msg any) Action {
 	if act && (!a.decided || action > a.action) {
 		a.decided, a.action = true, action
 	}
+	t.queueLocked(p, Event{Kind: EventFailed, Err: err, Action: action})
 	t.mu.Unlock()
-	t.event(p, Event{Kind: EventFailed, Err: err, Action: action})
+	t.flush(p)
 	if act {
 		a.cancel(errKilled)
 	}
@@ -286,6 +304,7 @@ func (a *attempt[K, P]) report(ctx context.Context, err error, msg any) Action {
 // afterExit handles the end of attempt a and returns the next attempt of
 // p, or nil when p's goroutine should end.
 func (t *tree[K, P]) afterExit(p *process[K, P], a *attempt[K, P], err error) *attempt[K, P] {
+	defer t.settle(a)
 	t.mu.Lock()
 	a.ended = true
 	if !a.ready {
@@ -293,7 +312,6 @@ func (t *tree[K, P]) afterExit(p *process[K, P], a *attempt[K, P], err error) *a
 		if a.startErr == nil {
 			a.startErr = errors.New("process returned before it was ready")
 		}
-		close(a.settled)
 	}
 	for _, tm := range a.timers {
 		tm.Stop()
@@ -320,7 +338,25 @@ func (t *tree[K, P]) afterExit(p *process[K, P], a *attempt[K, P], err error) *a
 			return nil
 		}
 	}
-	return t.restart(p, action, err, wasReady)
+	return t.restart(p, a, action, err, wasReady)
+}
+
+// settleLocked marks a as settled: ready, or failed and handled; t.mu
+// held.
+func (a *attempt[K, P]) settleLocked() {
+	if !a.isSettled {
+		a.isSettled = true
+		close(a.settled)
+	}
+}
+
+// settle marks a failed start as handled, so Start and Run's first start
+// see its outcome only once the kernel decided and the process was
+// removed or scheduled for a restart.
+func (t *tree[K, P]) settle(a *attempt[K, P]) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a.settleLocked()
 }
 
 // afterStop handles the exit of a process the supervisor asked to stop.
@@ -332,18 +368,23 @@ func (t *tree[K, P]) afterStop(p *process[K, P], err error, decided bool) *attem
 	} else if !decided {
 		t.reportExit(p, err)
 	}
-	t.event(p, Event{Kind: EventStopped, Err: err})
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	t.queueLocked(p, Event{Kind: EventStopped, Err: err})
 	switch {
 	case p.want == wantReplace && !t.stopping:
-		return t.replaceLocked(p)
+		defer t.mu.Unlock()
+		return t.replaceLocked(p) // its first attempt delivers the events
+	case p.want == wantGroup && !t.stopping && p.policy == Temporary:
+		t.ended[p.key] = struct{}{} // a Temporary sibling is not restarted
+		t.removeLocked(p)
 	case p.want == wantGroup && !t.stopping:
 		t.setStateLocked(p, ProcessBackoff)
 	default:
 		t.removeLocked(p)
 	}
 	p.running = false
+	t.mu.Unlock()
+	t.flush(p)
 	return nil
 }
 
@@ -372,13 +413,14 @@ func (t *tree[K, P]) reportExit(p *process[K, P], err error) Action {
 	t.mu.Lock()
 	p.lastErr = err
 	p.unhealthy = true
+	t.queueLocked(p, Event{Kind: EventFailed, Err: err, Action: action})
 	t.mu.Unlock()
-	t.event(p, Event{Kind: EventFailed, Err: err, Action: action})
+	t.flush(p)
 	return action
 }
 
 // restart acts on the kernel's answer to p's exit.
-func (t *tree[K, P]) restart(p *process[K, P], action Action, err error, wasReady bool) *attempt[K, P] {
+func (t *tree[K, P]) restart(p *process[K, P], a *attempt[K, P], action Action, err error, wasReady bool) *attempt[K, P] {
 	if p.policy == Temporary && action != Abort {
 		t.endForGood(p, EventStopped, nil)
 		return nil
@@ -388,6 +430,10 @@ func (t *tree[K, P]) restart(p *process[K, P], action Action, err error, wasRead
 		return nil
 	}
 	t.mu.Lock()
+	if p.want != wantRun || t.stopping { // stopped or put again since it exited
+		t.mu.Unlock()
+		return t.interrupted(p)
+	}
 	if p.oneShot && !wasReady { // a failed Start leaves nothing running
 		t.mu.Unlock()
 		t.endRemoved(p)
@@ -418,9 +464,13 @@ func (t *tree[K, P]) restart(p *process[K, P], action Action, err error, wasRead
 		return nil
 	}
 	t.setStateLocked(p, ProcessBackoff)
-	t.mu.Unlock()
 	if delay > 0 {
-		t.event(p, Event{Kind: EventBackoff, Delay: delay})
+		t.queueLocked(p, Event{Kind: EventBackoff, Delay: delay})
+	}
+	a.settleLocked()
+	t.mu.Unlock()
+	t.flush(p)
+	if delay > 0 {
 		if !t.sleep(p, delay) {
 			return t.interrupted(p)
 		}
@@ -489,9 +539,9 @@ func (t *tree[K, P]) restartAttempt(p *process[K, P]) *attempt[K, P] {
 		p.value = v
 	}
 	p.restarts++
+	t.queueLocked(p, Event{Kind: EventRestarting})
 	a := t.newAttemptLocked(p)
 	t.mu.Unlock()
-	t.event(p, Event{Kind: EventRestarting})
 	return a
 }
 
@@ -504,8 +554,9 @@ func (t *tree[K, P]) endForGood(p *process[K, P], kind EventKind, err error) {
 	}
 	t.removeLocked(p)
 	p.running = false
+	t.queueLocked(p, Event{Kind: kind, Err: err})
 	t.mu.Unlock()
-	t.event(p, Event{Kind: kind, Err: err})
+	t.flush(p)
 }
 
 // endRemoved ends p, whose row is gone or which was stopped.
@@ -513,8 +564,9 @@ func (t *tree[K, P]) endRemoved(p *process[K, P]) {
 	t.mu.Lock()
 	t.removeLocked(p)
 	p.running = false
+	t.queueLocked(p, Event{Kind: EventStopped})
 	t.mu.Unlock()
-	t.event(p, Event{Kind: EventStopped})
+	t.flush(p)
 }
 
 func (t *tree[K, P]) removeLocked(p *process[K, P]) {
@@ -547,9 +599,9 @@ func (t *tree[K, P]) hasGivenUp() bool {
 	}
 }
 
-// requestStopLocked asks p to stop because of w and reports whether an
-// EventStopping is due; t.mu held. A process with no attempt (backing off)
-// is woken.
+// requestStopLocked asks p to stop because of w and reports whether it
+// queued an EventStopping (flush p after unlocking); t.mu held. A process
+// with no attempt (backing off) is woken.
 func (t *tree[K, P]) requestStopLocked(p *process[K, P], w want) bool {
 	p.want = w
 	select {
@@ -563,6 +615,7 @@ func (t *tree[K, P]) requestStopLocked(p *process[K, P], w want) bool {
 	a.stopAsked = true
 	close(a.stop)
 	t.setStateLocked(p, ProcessStopping)
+	t.queueLocked(p, Event{Kind: EventStopping})
 	return true
 }
 
@@ -605,13 +658,57 @@ func (t *tree[K, P]) awaitStop(ctx context.Context, p *process[K, P], a *attempt
 	}
 }
 
-// event delivers e about p; never call it with t.mu held.
-func (t *tree[K, P]) event(p *process[K, P], e Event) {
-	if p != nil {
-		e.Process = p.name
-	}
+// Events of one process are queued under t.mu, in the same critical
+// section as the change they describe, and delivered after it by whichever
+// goroutine finds the queue idle: a process's events arrive in the order
+// they happened, and OnEvent never runs under the supervisor's lock.
+
+// queueLocked stamps e as an event of p and queues it; t.mu held. Call
+// flush(p) after unlocking.
+func (t *tree[K, P]) queueLocked(p *process[K, P], e Event) {
 	e.Supervisor = t.cfg.name
+	e.Process = p.name
 	e.Time = time.Now()
+	p.events = append(p.events, e)
+}
+
+// flush delivers p's queued events unless another goroutine is at it.
+func (t *tree[K, P]) flush(p *process[K, P]) {
+	t.mu.Lock()
+	if p.draining {
+		t.mu.Unlock()
+		return
+	}
+	p.draining = true
+	for len(p.events) > 0 {
+		batch := p.events
+		p.events = nil
+		t.mu.Unlock()
+		for _, e := range batch {
+			t.emit(e)
+		}
+		t.mu.Lock()
+	}
+	p.draining = false
+	t.mu.Unlock()
+}
+
+// event delivers e about p (nil: the supervisor itself); never call it
+// with t.mu held.
+func (t *tree[K, P]) event(p *process[K, P], e Event) {
+	if p == nil {
+		e.Supervisor = t.cfg.name
+		e.Time = time.Now()
+		t.emit(e)
+		return
+	}
+	t.mu.Lock()
+	t.queueLocked(p, e)
+	t.mu.Unlock()
+	t.flush(p)
+}
+
+func (t *tree[K, P]) emit(e Event) {
 	t.log(e)
 	if t.cfg.onEvent != nil {
 		t.deliver(e)

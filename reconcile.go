@@ -12,17 +12,39 @@ import (
 
 // watch subscribes to the table's changes, if it announces them. It is
 // called before the first read, so no change after that read is missed.
-func (t *tree[K, P]) watch() <-chan K {
+func (t *tree[K, P]) watch(ctx context.Context) <-chan K {
 	w, ok := t.table.(Watcher[K])
 	if !ok {
 		return nil
 	}
-	ch, err := w.Watch(t.ctx)
+	ch, err := w.Watch(ctx)
 	if err != nil {
 		t.tableError(fmt.Errorf("watch (falling back to scans): %w", err))
 		return nil
 	}
 	return ch
+}
+
+// unwatch ends the watch and waits (at most StopTimeout) for the table to
+// close its channel, so the table's goroutine does not outlive Run.
+func (t *tree[K, P]) unwatch(stop context.CancelFunc, watch <-chan K) {
+	stop()
+	if watch == nil {
+		return
+	}
+	timer := time.NewTimer(t.cfg.stopTimeout)
+	defer timer.Stop()
+	for {
+		select {
+		case _, ok := <-watch:
+			if !ok {
+				return
+			}
+		case <-timer.C:
+			t.tableError(errors.New("watch channel not closed after its context was cancelled"))
+			return
+		}
+	}
 }
 
 // loop reconciles until callback returned, ctx is done or the supervisor
@@ -181,14 +203,11 @@ func (t *tree[K, P]) stopForGood(p *process[K, P]) {
 // requestStopTimedLocked asks p to stop, arming the timers that force it
 // and report it if it does not; it unlocks t.mu.
 func (t *tree[K, P]) requestStopTimedLocked(p *process[K, P], w want) {
-	asked := t.requestStopLocked(p, w)
-	if asked {
+	if t.requestStopLocked(p, w) {
 		t.armStopTimersLocked(p.att)
 	}
 	t.mu.Unlock()
-	if asked {
-		t.event(p, Event{Kind: EventStopping})
-	}
+	t.flush(p)
 }
 
 // awaitSettled waits until each attempt is ready or has ended, for at most
@@ -256,17 +275,15 @@ func (t *tree[K, P]) stopOne(ctx context.Context, k K) error {
 	t.ended[k] = struct{}{}
 	if !p.running {
 		p.want = wantStop
+		t.queueLocked(p, Event{Kind: EventStopping})
 		t.mu.Unlock()
-		t.event(p, Event{Kind: EventStopping})
 		t.endRemoved(p)
 		return nil
 	}
-	asked := t.requestStopLocked(p, wantStop)
+	t.requestStopLocked(p, wantStop)
 	a, done := p.att, p.done
 	t.mu.Unlock()
-	if asked {
-		t.event(p, Event{Kind: EventStopping})
-	}
+	t.flush(p)
 	if err := t.awaitStop(ctx, p, a, done); err != nil {
 		return t.s.errorf("stop %v: %w", k, err)
 	}
@@ -283,51 +300,53 @@ func (t *tree[K, P]) stopAll() {
 		t.stopping = true
 		close(t.shutdown)
 		procs := t.inStartOrderLocked()
-		var asked []*process[K, P]
-		var waits []*process[K, P]
-		attempts := map[*process[K, P]]*attempt[K, P]{}
-		dones := map[*process[K, P]]chan struct{}{}
+		waits := make([]stopWait[K, P], 0, len(procs))
 		for i := len(procs) - 1; i >= 0; i-- {
 			p := procs[i]
-			if !p.running {
+			if p.running {
+				t.requestStopLocked(p, wantStop)
+				waits = append(waits, stopWait[K, P]{p: p, a: p.att, done: p.done})
+			} else { // waiting for a group restart
 				t.removeLocked(p)
-				continue
+				t.queueLocked(p, Event{Kind: EventStopped})
 			}
-			if t.requestStopLocked(p, wantStop) {
-				asked = append(asked, p)
-			}
-			waits = append(waits, p)
-			attempts[p], dones[p] = p.att, p.done
 		}
 		t.mu.Unlock()
-		for _, p := range asked {
-			t.event(p, Event{Kind: EventStopping})
+		for _, p := range procs {
+			t.flush(p)
 		}
 		if t.groupDone != nil {
 			<-t.groupDone
 		}
-		t.awaitAll(waits, attempts, dones)
+		t.awaitAll(waits)
 	})
+}
+
+// stopWait is a process stopAll waits for.
+type stopWait[K comparable, P Runnable] struct {
+	p    *process[K, P]
+	a    *attempt[K, P] // nil while backing off
+	done chan struct{}
 }
 
 // awaitAll waits for the goroutines of the stopped processes: for
 // StopTimeout, then forces every one still running and waits another
 // StopTimeout, then reports the rest with EventStopTimeout.
-func (t *tree[K, P]) awaitAll(waits []*process[K, P], attempts map[*process[K, P]]*attempt[K, P], dones map[*process[K, P]]chan struct{}) {
+func (t *tree[K, P]) awaitAll(waits []stopWait[K, P]) {
 	timer := time.NewTimer(t.cfg.stopTimeout)
 	defer timer.Stop()
 	const graceful, forced, expired = 0, 1, 2
 	phase := graceful
-	for _, p := range waits {
+	for _, w := range waits {
 		for phase != expired {
 			select {
-			case <-dones[p]:
+			case <-w.done:
 			case <-timer.C:
 				phase++
 				if phase == forced {
 					for _, q := range waits {
-						if a := attempts[q]; a != nil {
-							a.cancel(errForcedStop)
+						if q.a != nil {
+							q.a.cancel(errForcedStop)
 						}
 					}
 					timer.Reset(t.cfg.stopTimeout)
@@ -337,9 +356,9 @@ func (t *tree[K, P]) awaitAll(waits []*process[K, P], attempts map[*process[K, P
 			break
 		}
 		select {
-		case <-dones[p]:
+		case <-w.done:
 		default:
-			t.stopTimedOut(p)
+			t.stopTimedOut(w.p)
 		}
 	}
 }

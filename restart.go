@@ -174,7 +174,7 @@ func (t *tree[K, P]) groupRestart(failed *process[K, P]) {
 		}
 	}
 	for _, p := range members {
-		a := t.restartMember(p, p == failed)
+		a := t.restartMember(p)
 		if a == nil {
 			continue
 		}
@@ -211,20 +211,17 @@ func (t *tree[K, P]) stopForGroup(p *process[K, P]) bool {
 		t.mu.Unlock()
 		return true
 	}
-	asked := t.requestStopLocked(p, wantGroup)
+	t.requestStopLocked(p, wantGroup)
 	a, done := p.att, p.done
 	t.mu.Unlock()
-	if asked {
-		t.event(p, Event{Kind: EventStopping})
-	}
+	t.flush(p)
 	_ = t.awaitStop(t.ctx, p, a, done) // a timeout is reported with EventStopTimeout
 	return !t.isStopping()
 }
 
 // restartMember starts p again as part of a group restart, unless it was
-// stopped, replaced or removed meanwhile, its row is gone, or it is a
-// Temporary sibling (which ends instead).
-func (t *tree[K, P]) restartMember(p *process[K, P], failed bool) *attempt[K, P] {
+// stopped, replaced or removed meanwhile, or its row is gone.
+func (t *tree[K, P]) restartMember(p *process[K, P]) *attempt[K, P] {
 	v, err := t.table.Get(t.ctx, p.key)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		t.tableError(fmt.Errorf("read row %v before restart (restarting the previous value): %w", p.name, err))
@@ -239,17 +236,13 @@ func (t *tree[K, P]) restartMember(p *process[K, P], failed bool) *attempt[K, P]
 		t.mu.Unlock()
 		t.endRemoved(p)
 		return nil
-	case p.policy == Temporary && !failed:
-		t.mu.Unlock()
-		t.endForGood(p, EventStopped, nil)
-		return nil
 	case err == nil:
 		p.value = v
 	}
 	p.want = wantRun
 	p.restarts++
+	t.queueLocked(p, Event{Kind: EventRestarting})
 	a := t.spawnLocked(p)
 	t.mu.Unlock()
-	t.event(p, Event{Kind: EventRestarting})
 	return a
 }

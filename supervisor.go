@@ -135,6 +135,10 @@ type Options struct {
 	OnEvent      func(Event)            // called for every Event; must not block
 }
 
+// OnEvent is called on the goroutine where the event happened, so it may
+// be called concurrently; the events of one process arrive in order. It
+// must not block, and it may call Status, Keys and Get.
+
 // Supervisor keeps one process running per row of a Table, restarting the
 // ones that fail as its error kernel decides. A *Supervisor is itself a
 // Runnable, so supervisors nest into trees.
@@ -185,7 +189,9 @@ func (s *Supervisor[K, P]) Run(ctx context.Context, callback Callback) error {
 		callback = func(ctx context.Context) error { <-ctx.Done(); return nil }
 	}
 
-	watch := t.watch()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watch := t.watch(watchCtx)
+	defer t.unwatch(stopWatch, watch)
 	t.awaitSettled(t.scan())
 	if t.hasGivenUp() {
 		t.stopAll()
