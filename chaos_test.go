@@ -33,7 +33,7 @@ import (
 const (
 	chaosName        = "chaos"
 	chaosRows        = 1000 // rows in the table when Run starts
-	chaosKeySpace    = 1100 // keys the churn puts and deletes
+	chaosKeySpace    = 1100 // keys the churn puts, deletes, stops and starts
 	chaosDuration    = 10 * time.Minute
 	chaosStopTimeout = 2 * time.Second
 	// chaosMaxLife is the longest a run lives before it fails or exits on
@@ -99,7 +99,7 @@ func TestSupervisorUnderChaosRunsEveryLiveRowOnceAndDecidesEveryFailureOnce(t *t
 		churned := make(chan struct{})
 		go func() {
 			defer close(churned)
-			h.churn(table, rand.New(rand.NewPCG(seed, 2)), time.Now().Add(chaosDuration))
+			h.churn(ctx, table, sup, rand.New(rand.NewPCG(seed, 2)), time.Now().Add(chaosDuration))
 		}()
 		<-churned
 
@@ -172,6 +172,7 @@ type chaosHarness struct {
 
 	mu          sync.Mutex
 	violations  []string // more than one run of a row at once
+	unexpected  []string // errors Stop and Start must not return
 	caused      map[uint64]chaosCause
 	decisions   map[uint64][]supervisor.Failure
 	eventFailed map[uint64]int
@@ -330,9 +331,24 @@ func (h *chaosHarness) violate(format string, args ...any) {
 	h.violations = append(h.violations, fmt.Sprintf(format, args...))
 }
 
-// churn puts and deletes random rows at random intervals until until. A
-// burst changes several rows in one instant, each a different key.
-func (h *chaosHarness) churn(table *supervisor.MapTable[int, supervisor.Runnable], rng *rand.Rand, until time.Time) {
+func (h *chaosHarness) unexpect(format string, args ...any) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.unexpected = append(h.unexpected, fmt.Sprintf(format, args...))
+}
+
+type (
+	chaosTable      = supervisor.MapTable[int, supervisor.Runnable]
+	chaosSupervisor = supervisor.Supervisor[int, supervisor.Runnable]
+)
+
+// churn puts and deletes random rows, and stops and starts their
+// processes, at random intervals until until; it returns once its Stop and
+// Start calls returned. A burst changes several rows in one instant, each
+// a different key.
+func (h *chaosHarness) churn(ctx context.Context, table *chaosTable, sup *chaosSupervisor, rng *rand.Rand, until time.Time) {
+	var calls sync.WaitGroup
+	defer calls.Wait()
 	for {
 		pause := 1 + time.Duration(rng.Int64N(int64(200*time.Millisecond)))
 		if time.Now().Add(pause).After(until) {
@@ -344,22 +360,58 @@ func (h *chaosHarness) churn(table *supervisor.MapTable[int, supervisor.Runnable
 			n = 2 + rng.IntN(4)
 		}
 		for _, k := range rng.Perm(chaosKeySpace)[:n] {
-			if rng.IntN(100) < 85 { // the table keeps about 85% of the keys
+			switch r := rng.IntN(100); {
+			case r < 80: // with deletes at 14%, the table keeps about 85% of the keys
 				h.churnPut(table, k, rng)
-			} else if table.Delete(k) {
-				h.count("churn: delete")
+			case r < 94:
+				if table.Delete(k) {
+					h.count("churn: delete")
+				}
+			case r < 97:
+				calls.Go(func() { h.churnStop(ctx, sup, k) })
+			default:
+				calls.Go(func() { h.churnStart(ctx, sup, k) })
 			}
 		}
 	}
 }
 
-func (h *chaosHarness) churnPut(table *supervisor.MapTable[int, supervisor.Runnable], k int, rng *rand.Rand) {
+func (h *chaosHarness) churnPut(table *chaosTable, k int, rng *rand.Rand) {
 	if _, err := table.Get(context.Background(), k); err == nil {
 		h.count("churn: put over a row")
 	} else {
 		h.count("churn: put a new row")
 	}
 	table.Put(k, h.newRow(k, rng))
+}
+
+// churnStop stops k's process for good. It may find none, or one that
+// ignores its stop past both stop timeouts.
+func (h *chaosHarness) churnStop(ctx context.Context, sup *chaosSupervisor, k int) {
+	switch err := sup.Stop(ctx, k); {
+	case err == nil:
+		h.count("churn: stop")
+	case errors.Is(err, supervisor.ErrProcessNotFound):
+		h.count("churn: stop found no process")
+	case errors.Is(err, supervisor.ErrStopTimeout):
+		h.count("churn: stop timed out")
+	default:
+		h.unexpect("Stop(%d) at %v: %v", k, time.Since(h.start), err)
+	}
+}
+
+// churnStart starts k's process. It may find it running or its row gone.
+func (h *chaosHarness) churnStart(ctx context.Context, sup *chaosSupervisor, k int) {
+	switch _, err := sup.Start(ctx, k); {
+	case err == nil:
+		h.count("churn: start")
+	case errors.Is(err, supervisor.ErrProcessExists):
+		h.count("churn: start found a process")
+	case errors.Is(err, supervisor.ErrNotFound):
+		h.count("churn: start found no row")
+	default:
+		h.unexpect("Start(%d) at %v: %v", k, time.Since(h.start), err)
+	}
 }
 
 // onEvent records each row's latest events.
@@ -403,13 +455,21 @@ func (h *chaosHarness) decided(d supervisor.Decision) {
 // checkRunningSet checks, once everything settled, that the supervisor
 // runs exactly the rows that have not ended for good — those whose latest
 // event is EventAborted or EventStopped while the row is still there — and
-// each of them exactly once.
-func (h *chaosHarness) checkRunningSet(t *testing.T,
-	table *supervisor.MapTable[int, supervisor.Runnable], sup *supervisor.Supervisor[int, supervisor.Runnable]) {
+// each of them exactly once, with the value its row holds now.
+func (h *chaosHarness) checkRunningSet(t *testing.T, table *chaosTable, sup *chaosSupervisor) {
 	t.Helper()
 	keys := sup.Keys()
 	statuses := sup.Status()
 	rows := chaosTableKeys(t, table)
+	var stale []string
+	for _, k := range keys {
+		running, err := sup.Get(t.Context(), k)
+		row, rowErr := table.Get(t.Context(), k)
+		if err != nil || rowErr != nil || running != row {
+			stale = append(stale, fmt.Sprintf("row %d: Get: %v, %v; the row: %v, %v", k, running, err, row, rowErr))
+		}
+	}
+	assert.Empty(t, chaosFirst(stale), "%d processes that do not run their row's current value", len(stale))
 
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -516,6 +576,7 @@ func (h *chaosHarness) checkNoneRunning(t *testing.T) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	assert.Empty(t, h.violations, "rows run more than once at a time")
+	assert.Empty(t, h.unexpected, "errors Stop and Start must not return")
 }
 
 // checkExercised fails a chaos that missed a kind of trouble, which would
@@ -528,6 +589,7 @@ func (h *chaosHarness) checkExercised(t *testing.T) {
 		"error", "panic", "clean exit", "error on stop", "panic on stop",
 		"lingered", "lingered past both stop timeouts",
 		"churn: put a new row", "churn: put over a row", "churn: delete",
+		"churn: stop", "churn: stop found no process", "churn: start", "churn: start found a process",
 		"event " + supervisor.EventAborted.String(), "event " + supervisor.EventStopTimeout.String(),
 		"event " + supervisor.EventBackoff.String(), "event " + supervisor.EventStopped.String(),
 	} {
@@ -545,7 +607,7 @@ func chaosStats(stats map[string]int) string {
 	return strings.Join(parts, ", ")
 }
 
-func chaosTableKeys(t *testing.T, table *supervisor.MapTable[int, supervisor.Runnable]) []int {
+func chaosTableKeys(t *testing.T, table *chaosTable) []int {
 	t.Helper()
 	ctx := t.Context()
 	it, err := table.Iter(ctx)

@@ -238,6 +238,7 @@ func (a *attempt[K, P]) markReady() {
 	a.ready = true
 	if a.startTmr != nil {
 		a.startTmr.Stop()
+		a.startTmr = nil
 	}
 	a.settleLocked()
 	p.oneShot = false
@@ -317,6 +318,10 @@ func (t *tree[K, P]) afterExit(p *process[K, P], a *attempt[K, P], err error) *a
 		tm.Stop()
 	}
 	p.att = nil
+	if !a.stopAsked && t.ctx.Err() != nil { // Run's ctx forced the stop
+		t.setStateLocked(p, ProcessStopping)
+		t.queueLocked(p, Event{Kind: EventStopping})
+	}
 	w, decided, action, wasReady := p.want, a.decided, a.action, a.ready
 	t.mu.Unlock()
 	a.cancel(errAttemptEnd)

@@ -138,7 +138,7 @@ func (r *reconcileRun) stop() error {
 
 func reconcileOptions(events *reconcileEvents) supervisor.Options {
 	return supervisor.Options{
-		Name:    "rec", StartTimeout: 1000 * time.Hour, // TEMP
+		Name:    "rec",
 		Logger:  slog.New(slog.DiscardHandler),
 		OnEvent: events.record,
 	}
@@ -201,6 +201,35 @@ func (t reconcileScanOnly[K, V]) Iter(ctx context.Context) (supervisor.Iterator[
 	return t.rows.Iter(ctx)
 }
 
+// reconcileRequireScanned puts a row into rows and deletes it, checking
+// that the supervisor starts and stops its process exactly at the next
+// scan, interval after the previous one (the bubble's clock stands on a
+// scan when it is called).
+func reconcileRequireScanned(t *testing.T, rows *supervisor.MapTable[string, *reconcileProc], events *reconcileEvents, interval time.Duration) {
+	t.Helper()
+	proc := &reconcileProc{}
+	rows.Put("a", proc)
+	time.Sleep(interval - time.Millisecond)
+	synctest.Wait()
+	require.Empty(t, events.kinds("a"), "started before the scan")
+	time.Sleep(time.Millisecond)
+	synctest.Wait()
+	require.Equal(t, reconcileRunning, events.kinds("a"), "started by the scan")
+
+	require.True(t, rows.Delete("a"))
+	time.Sleep(interval - time.Millisecond)
+	synctest.Wait()
+	require.Equal(t, reconcileRunning, events.kinds("a"), "stopped before the scan")
+	_, active := proc.counts()
+	require.Equal(t, 1, active)
+	time.Sleep(time.Millisecond)
+	synctest.Wait()
+	require.Equal(t, reconcileStopped, events.kinds("a"), "stopped by the scan")
+	runs, active := proc.counts()
+	require.Equal(t, 1, runs)
+	require.Zero(t, active)
+}
+
 func TestSupervisorPicksUpChangesOfUnwatchedTableAtNextScan(t *testing.T) {
 	for _, tc := range []struct {
 		name         string
@@ -219,28 +248,7 @@ func TestSupervisorPicksUpChangesOfUnwatchedTableAtNextScan(t *testing.T) {
 				sup := supervisor.NewSupervisor[string, *reconcileProc](reconcileScanOnly[string, *reconcileProc]{rows}, opts)
 				run := reconcileStart(t, sup)
 
-				proc := &reconcileProc{}
-				rows.Put("a", proc)
-				time.Sleep(tc.wantInterval - time.Millisecond)
-				synctest.Wait()
-				require.Empty(t, events.kinds("a"), "started before the scan")
-				time.Sleep(time.Millisecond)
-				synctest.Wait()
-				require.Equal(t, reconcileRunning, events.kinds("a"), "started by the scan")
-
-				require.True(t, rows.Delete("a"))
-				time.Sleep(tc.wantInterval - time.Millisecond)
-				synctest.Wait()
-				require.Equal(t, reconcileRunning, events.kinds("a"), "stopped before the scan")
-				_, active := proc.counts()
-				require.Equal(t, 1, active)
-				time.Sleep(time.Millisecond)
-				synctest.Wait()
-				require.Equal(t, reconcileStopped, events.kinds("a"), "stopped by the scan")
-				runs, active := proc.counts()
-				require.Equal(t, 1, runs)
-				require.Zero(t, active)
-
+				reconcileRequireScanned(t, rows, events, tc.wantInterval)
 				require.NoError(t, run.stop())
 			})
 		})
@@ -583,26 +591,49 @@ func TestSupervisorFallsBackToScansWhenWatchFails(t *testing.T) {
 		require.Len(t, tableErrors, 1)
 		require.ErrorIs(t, tableErrors[0].Err, errReconcileWatch)
 
-		proc := &reconcileProc{}
-		rows.Put("a", proc)
-		time.Sleep(10*time.Second - time.Millisecond)
-		synctest.Wait()
-		require.Empty(t, events.kinds("a"), "started before the scan")
-		time.Sleep(time.Millisecond)
-		synctest.Wait()
-		require.Equal(t, reconcileRunning, events.kinds("a"), "started by the scan")
-
-		require.True(t, rows.Delete("a"))
-		time.Sleep(10*time.Second - time.Millisecond)
-		synctest.Wait()
-		require.Equal(t, reconcileRunning, events.kinds("a"), "stopped before the scan")
-		time.Sleep(time.Millisecond)
-		synctest.Wait()
-		require.Equal(t, reconcileStopped, events.kinds("a"), "stopped by the scan")
-		runs, active := proc.counts()
-		require.Equal(t, 1, runs)
-		require.Zero(t, active)
+		reconcileRequireScanned(t, rows, events, 10*time.Second)
 		require.Len(t, events.of(supervisor.EventTableError), 1)
+
+		require.NoError(t, run.stop())
+	})
+}
+
+func TestSupervisorStartsNewValueAtOnceWhenWatchedRowIsPutDuringBackoff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		table := supervisor.NewMapTable[string, *reconcileProc]()
+		oldProc := &reconcileProc{life: func(int) (time.Duration, error) { return time.Second, errReconcileBoom }}
+		newProc := &reconcileProc{}
+		table.Put("a", oldProc)
+		events := &reconcileEvents{}
+		opts := reconcileOptions(events)
+		opts.Backoff = func() backoff.BackOff { return backoff.NewConstantBackOff(5 * time.Second) }
+		sup := supervisor.NewSupervisor(table, opts)
+		run := reconcileStart(t, sup)
+
+		time.Sleep(2 * time.Second) // failed at 1s, restart due at 6s
+		synctest.Wait()
+		_, err := sup.Get(t.Context(), "a")
+		require.ErrorIs(t, err, supervisor.ErrProcessNotRunning, "backing off")
+
+		putAt := time.Now()
+		table.Put("a", newProc)
+		synctest.Wait()
+		require.Equal(t, putAt, time.Now(), "no virtual time passed")
+		ready := events.of(supervisor.EventReady)
+		require.Len(t, ready, 2)
+		require.Equal(t, putAt, ready[1].Time, "the new value started at once")
+		got, err := sup.Get(t.Context(), "a")
+		require.NoError(t, err)
+		require.Same(t, newProc, got)
+
+		time.Sleep(time.Minute) // the old value's restart was due meanwhile
+		synctest.Wait()
+		runs, active := oldProc.counts()
+		require.Equal(t, 1, runs, "the old value never ran again")
+		require.Zero(t, active)
+		runs, active = newProc.counts()
+		require.Equal(t, 1, runs)
+		require.Equal(t, 1, active)
 
 		require.NoError(t, run.stop())
 	})

@@ -67,7 +67,8 @@ func (s Strategy) String() string {
 
 // DefaultBackoff returns the per-process restart delays used when
 // Options.Backoff is nil: exponential from 100ms, ×2, ±50% jitter, capped at
-// 30s, never giving up. Each call returns a new, independent BackOff.
+// 30s (no delay is longer, jitter included), never giving up. Each call
+// returns a new, independent BackOff.
 func DefaultBackoff() backoff.BackOff {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = 100 * time.Millisecond
@@ -76,7 +77,22 @@ func DefaultBackoff() backoff.BackOff {
 	b.MaxInterval = 30 * time.Second
 	b.MaxElapsedTime = 0
 	b.Reset()
-	return b
+	return cappedBackOff{BackOff: b, max: b.MaxInterval}
+}
+
+// cappedBackOff bounds the delays of a BackOff, whose jitter may otherwise
+// go past its maximum interval.
+type cappedBackOff struct {
+	backoff.BackOff
+	max time.Duration
+}
+
+func (c cappedBackOff) NextBackOff() time.Duration {
+	d := c.BackOff.NextBackOff()
+	if d != backoff.Stop && d > c.max {
+		return c.max
+	}
+	return d
 }
 
 // intensity counts restarts within a sliding period: OTP's restart

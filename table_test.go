@@ -285,9 +285,13 @@ func TestMapTableConcurrentUse(t *testing.T) {
 	changes, err := tbl.Watch(ctx)
 	require.NoError(t, err)
 	watched := make(chan int)
+	firstChange := make(chan struct{})
 	go func() {
 		n := 0
 		for range changes {
+			if n == 0 {
+				close(firstChange)
+			}
 			n++
 		}
 		watched <- n
@@ -329,6 +333,7 @@ func TestMapTableConcurrentUse(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	<-firstChange // changes are delivered while the writers never blocked
 	cancel()
 	require.Positive(t, <-watched)
 

@@ -28,9 +28,7 @@ func discardLogger() *slog.Logger {
 }
 
 // runSupervisor runs s with callback under a context that is cancelled
-// once Run returned. Run subscribes to a watched table with its own ctx, and
-// that subscription (MapTable's forwarding goroutine) lives until the ctx is
-// done, not until Run returns.
+// once Run returned, as a program would.
 func runSupervisor(s interface {
 	Run(context.Context, supervisor.Callback) error
 }, callback supervisor.Callback) error {

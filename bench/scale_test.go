@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -91,7 +92,9 @@ type scaleResult struct {
 	idleCPU       time.Duration // CPU used during the idle window
 	stopAll       time.Duration // callback returned → Run returned
 	scans         int
-	scanWall      time.Duration // per scan, back to back
+	scanWall      time.Duration // per scan, back to back: mean
+	scanMedian    time.Duration // per scan: median
+	scanMax       time.Duration // per scan: slowest
 	scanCPU       time.Duration // per scan, process CPU
 	scanGCPerScan float64       // GC cycles per scan
 }
@@ -157,33 +160,45 @@ func measureScale(procs int, idle time.Duration, scans int) (scaleResult, error)
 	}
 
 	// Phase 2: back-to-back scans. Iter call 1 is the first read (which
-	// starts every row); call 2 begins the first scan by the ticker; the
-	// measurement runs from the start of call 2 to the start of call
-	// scans+2, which is the end of scans full scans.
+	// starts every row); every later call begins a scan by the ticker, and
+	// so ends the one before. The measurement starts at the first scan
+	// that begins once every process has run (all idle: the scans are the
+	// only work) and ends scans scans later.
 	var (
-		calls     int
-		wallFirst time.Time
-		cpuFirst  time.Duration
-		gcFirst   uint32
-		measured  = make(chan struct{})
+		calls    int
+		marks    []time.Time // start of each measured scan, then the end of the last
+		cpuFirst time.Duration
+		gcFirst  uint32
+		measured = make(chan struct{})
 	)
-	table.setOnIter(func() { // called only by the supervisor's loop goroutine
+	table.setOnIter(func() { // called only by Run, then by its loop goroutine
 		calls++
-		switch calls {
-		case 2:
+		switch {
+		case calls == 1:
+		case len(marks) == 0 && runs.Load() == 2*int64(procs):
 			setPhase("scan") // the loop goroutine
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
 			gcFirst = ms.NumGC
-			wallFirst, cpuFirst = time.Now(), cpuTime()
-		case scans + 2:
-			wall, cpu := time.Since(wallFirst), cpuTime()-cpuFirst
-			var ms runtime.MemStats
-			runtime.ReadMemStats(&ms)
-			r.scanWall = wall / time.Duration(scans)
-			r.scanCPU = cpu / time.Duration(scans)
-			r.scanGCPerScan = float64(ms.NumGC-gcFirst) / float64(scans)
-			close(measured)
+			cpuFirst = cpuTime()
+			marks = append(marks, time.Now())
+		case len(marks) > 0 && len(marks) <= scans:
+			marks = append(marks, time.Now())
+			if len(marks) == scans+1 {
+				cpu := cpuTime() - cpuFirst
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				r.scanCPU = cpu / time.Duration(scans)
+				r.scanGCPerScan = float64(ms.NumGC-gcFirst) / float64(scans)
+				r.scanWall = marks[scans].Sub(marks[0]) / time.Duration(scans)
+				walls := make([]time.Duration, scans)
+				for i := range walls {
+					walls[i] = marks[i+1].Sub(marks[i])
+				}
+				slices.Sort(walls)
+				r.scanMedian, r.scanMax = walls[scans/2], walls[scans-1]
+				close(measured)
+			}
 		}
 	})
 	defer table.setOnIter(nil)
@@ -212,10 +227,10 @@ func measureScale(procs int, idle time.Duration, scans int) (scaleResult, error)
 
 func (r scaleResult) String() string {
 	return fmt.Sprintf("procs=%d start=%v heap/proc=%.0fB stack/proc=%.0fB goroutines/proc=%.2f table/row=%.0fB "+
-		"idle=%v idleCPU=%v stopAll=%v scan(wall)=%v scan(cpu)=%v gc/scan=%.2f",
+		"idle=%v idleCPU=%v stopAll=%v scan(wall)=%v (median %v, max %v) scan(cpu)=%v gc/scan=%.2f",
 		r.procs, r.start.Round(time.Millisecond), r.heapPerProc, r.stackPerProc, r.gorPerProc, r.tableHeapRow,
 		r.idle, r.idleCPU.Round(time.Millisecond), r.stopAll.Round(time.Millisecond),
-		r.scanWall.Round(10*time.Microsecond), r.scanCPU.Round(10*time.Microsecond), r.scanGCPerScan)
+		r.scanWall.Round(10*time.Microsecond), r.scanMedian.Round(10*time.Microsecond), r.scanMax.Round(10*time.Microsecond), r.scanCPU.Round(10*time.Microsecond), r.scanGCPerScan)
 }
 
 // BenchmarkScale100k reports the scale numbers as custom metrics; each
