@@ -24,11 +24,14 @@ import (
 	"github.com/gosupervise/supervisor"
 )
 
-// The chaos test runs a thousand misbehaving processes off a MapTable whose
-// rows are put and deleted all the while, for ten virtual minutes, and then
-// checks the three promises that matter most: every row that should run
-// runs exactly once, every failure is decided by the kernel exactly once,
-// and nothing is left behind.
+// The chaos test runs a thousand misbehaving processes — they fail, panic,
+// exit cleanly and ignore their stop for a while — off a MapTable whose rows
+// are put, deleted, stopped and started all the while, for ten virtual
+// minutes, with mixed restart policies and one shared error kernel. It then
+// checks the promises that matter most: every row that should run runs
+// exactly once, and with its current value; every failure is decided by the
+// kernel exactly once; restarts follow the restart policies; and nothing is
+// left behind. A failure prints the seed that replays it.
 
 const (
 	chaosName        = "chaos"
@@ -74,6 +77,7 @@ func TestSupervisorUnderChaosRunsEveryLiveRowOnceAndDecidesEveryFailureOnce(t *t
 		table := supervisor.NewMapTable[int, supervisor.Runnable]()
 		rows := rand.New(rand.NewPCG(seed, 1))
 		for k := range chaosRows {
+			h.allow(k, 1)
 			table.Put(k, h.newRow(k, rows))
 		}
 		sup := supervisor.NewSupervisor(table, supervisor.Options{
@@ -103,12 +107,17 @@ func TestSupervisorUnderChaosRunsEveryLiveRowOnceAndDecidesEveryFailureOnce(t *t
 		}()
 		<-churned
 
-		// Settle: no more churn, no more failures of running processes.
+		// Settle: no more churn; runs started from now on live until they
+		// are stopped, and the ones already running end within chaosMaxLife.
 		h.calm.Store(true)
 		time.Sleep(chaosSettle)
 		synctest.Wait()
 		h.checkRunningSet(t, table, sup)
+		h.checkRunningValues(t, table, sup)
+		h.checkStarts(t)
 
+		// Stop by returning from the callback, with Run's ctx still live:
+		// whatever Run started must end with Run, not with its ctx.
 		stopAt := time.Now()
 		close(release)
 		require.NoError(t, <-runErr)
@@ -122,6 +131,7 @@ func TestSupervisorUnderChaosRunsEveryLiveRowOnceAndDecidesEveryFailureOnce(t *t
 		assert.Zero(t, kernel.Dropped(), "the subscription dropped decisions")
 		h.checkDecisions(t)
 		h.checkNoneRunning(t)
+		h.checkEventOrder(t)
 		h.checkExercised(t)
 		assert.Empty(t, chaosGoroutinesSince(baseline), "goroutines left in the bubble after Run returned")
 	})
@@ -162,6 +172,12 @@ type chaosCause struct {
 	how    string
 }
 
+// chaosExit is how a row's latest run ended.
+type chaosExit struct {
+	policy supervisor.RestartPolicy
+	how    string // "error", "panic", "clean exit", "stopped", "error on stop", "panic on stop"
+}
+
 // chaosHarness is what the processes, the churn, OnEvent and the kernel's
 // subscriber record, and what the checks read.
 type chaosHarness struct {
@@ -173,12 +189,19 @@ type chaosHarness struct {
 	mu          sync.Mutex
 	violations  []string // more than one run of a row at once
 	unexpected  []string // errors Stop and Start must not return
+	misordered  []string // restarts the restart policy or the event order forbid
+	spurious    []string // stop timeouts of rows not stopping
+	unallowed   []string // starts with no Put or Start for them
 	caused      map[uint64]chaosCause
 	decisions   map[uint64][]supervisor.Failure
 	eventFailed map[uint64]int
-	strays      []string // failures no process caused, events of no row
-	last        map[int]supervisor.EventKind
-	history     map[int][]string // the latest events of each row
+	strays      []string                     // failures no process caused, events of no row
+	last        map[int]supervisor.EventKind // but EventStopTimeout
+	stopping    map[int]bool                 // EventStopping and no EventStopped since
+	history     map[int][]string             // the latest events and changes of each row
+	exits       map[int]chaosExit
+	allowed     map[int]int // fresh starts a row may have: its first, and one per Put and Start
+	fresh       map[int]int // EventStarting not right after EventRestarting
 	stats       map[string]int
 }
 
@@ -189,7 +212,11 @@ func newChaosHarness() *chaosHarness {
 		decisions:   map[uint64][]supervisor.Failure{},
 		eventFailed: map[uint64]int{},
 		last:        map[int]supervisor.EventKind{},
+		stopping:    map[int]bool{},
 		history:     map[int][]string{},
+		exits:       map[int]chaosExit{},
+		allowed:     map[int]int{},
+		fresh:       map[int]int{},
 		stats:       map[string]int{},
 	}
 }
@@ -210,6 +237,8 @@ type chaosProcess struct {
 type chaosPolicyProcess struct{ *chaosProcess }
 
 func (p chaosPolicyProcess) RestartPolicy() supervisor.RestartPolicy { return p.policy }
+
+func (p *chaosProcess) String() string { return fmt.Sprintf("row %d value %x", p.key, p.seed) }
 
 // newRow returns a row's value: a tenth crashy; six tenths Permanent by
 // default, the rest Permanent, Transient or Temporary by their own say.
@@ -281,7 +310,7 @@ func (p *chaosProcess) exit(rng *rand.Rand, id uint64) error {
 	case r < panics:
 		panic(p.h.cause(id, p, "panic"))
 	}
-	p.h.count("clean exit")
+	p.h.ran(p, "clean exit")
 	return nil
 }
 
@@ -289,6 +318,7 @@ func (p *chaosProcess) exit(rng *rand.Rand, id uint64) error {
 // the stop for a while (a few past both stop timeouts), and some fail on
 // the way out.
 func (p *chaosProcess) stopped(ctx context.Context, rng *rand.Rand, id uint64) error {
+	p.h.ran(p, "stopped")
 	switch r := rng.IntN(100); {
 	case r < 70:
 	case r < 95:
@@ -315,8 +345,43 @@ func (h *chaosHarness) cause(id uint64, p *chaosProcess, how string) *chaosFailu
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.caused[id] = chaosCause{key: p.key, policy: p.policy, how: how}
+	h.exits[p.key] = chaosExit{policy: p.policy, how: how}
 	h.stats[how]++
 	return &chaosFailure{ID: id, Key: p.key}
+}
+
+// ran records how a run ended, when it did not fail.
+func (h *chaosHarness) ran(p *chaosProcess, how string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.exits[p.key] = chaosExit{policy: p.policy, how: how}
+	h.stats[how]++
+}
+
+// allow lets row k start n more times: it is being put or Started (or
+// not, when Start failed).
+func (h *chaosHarness) allow(k, n int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.allowed[k] += n
+}
+
+// did records what the churn did to row k.
+func (h *chaosHarness) did(k int, what string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.stats["churn: "+what]++
+	h.noteLocked(k, time.Now(), "churn: "+what)
+}
+
+// noteLocked adds a line to row k's history, which keeps the latest 24;
+// h.mu held.
+func (h *chaosHarness) noteLocked(k int, at time.Time, line string) {
+	history := h.history[k]
+	if len(history) == 24 {
+		history = history[1:]
+	}
+	h.history[k] = append(history, fmt.Sprintf("%v %s", at.Sub(h.start), line))
 }
 
 func (h *chaosHarness) count(what string) {
@@ -345,7 +410,10 @@ type (
 // churn puts and deletes random rows, and stops and starts their
 // processes, at random intervals until until; it returns once its Stop and
 // Start calls returned. A burst changes several rows in one instant, each
-// a different key.
+// a different key: changes of one key are apart in virtual time, so the
+// events of a row's old process are delivered before those of its next
+// one (they come from different goroutines) and the latest event of a row
+// tells its state.
 func (h *chaosHarness) churn(ctx context.Context, table *chaosTable, sup *chaosSupervisor, rng *rand.Rand, until time.Time) {
 	var calls sync.WaitGroup
 	defer calls.Wait()
@@ -365,7 +433,7 @@ func (h *chaosHarness) churn(ctx context.Context, table *chaosTable, sup *chaosS
 				h.churnPut(table, k, rng)
 			case r < 94:
 				if table.Delete(k) {
-					h.count("churn: delete")
+					h.did(k, "delete")
 				}
 			case r < 97:
 				calls.Go(func() { h.churnStop(ctx, sup, k) })
@@ -378,23 +446,25 @@ func (h *chaosHarness) churn(ctx context.Context, table *chaosTable, sup *chaosS
 
 func (h *chaosHarness) churnPut(table *chaosTable, k int, rng *rand.Rand) {
 	if _, err := table.Get(context.Background(), k); err == nil {
-		h.count("churn: put over a row")
+		h.did(k, "put over a row")
 	} else {
-		h.count("churn: put a new row")
+		h.did(k, "put a new row")
 	}
+	h.allow(k, 1)
 	table.Put(k, h.newRow(k, rng))
 }
 
 // churnStop stops k's process for good. It may find none, or one that
 // ignores its stop past both stop timeouts.
 func (h *chaosHarness) churnStop(ctx context.Context, sup *chaosSupervisor, k int) {
+	h.did(k, "Stop called")
 	switch err := sup.Stop(ctx, k); {
 	case err == nil:
-		h.count("churn: stop")
+		h.did(k, "stop")
 	case errors.Is(err, supervisor.ErrProcessNotFound):
-		h.count("churn: stop found no process")
+		h.did(k, "stop found no process")
 	case errors.Is(err, supervisor.ErrStopTimeout):
-		h.count("churn: stop timed out")
+		h.did(k, "stop timed out")
 	default:
 		h.unexpect("Stop(%d) at %v: %v", k, time.Since(h.start), err)
 	}
@@ -402,13 +472,17 @@ func (h *chaosHarness) churnStop(ctx context.Context, sup *chaosSupervisor, k in
 
 // churnStart starts k's process. It may find it running or its row gone.
 func (h *chaosHarness) churnStart(ctx context.Context, sup *chaosSupervisor, k int) {
+	h.did(k, "Start called")
+	h.allow(k, 1)
 	switch _, err := sup.Start(ctx, k); {
 	case err == nil:
-		h.count("churn: start")
+		h.did(k, "start")
 	case errors.Is(err, supervisor.ErrProcessExists):
-		h.count("churn: start found a process")
+		h.allow(k, -1)
+		h.did(k, "start found a process")
 	case errors.Is(err, supervisor.ErrNotFound):
-		h.count("churn: start found no row")
+		h.allow(k, -1)
+		h.did(k, "start found no row")
 	default:
 		h.unexpect("Start(%d) at %v: %v", k, time.Since(h.start), err)
 	}
@@ -424,20 +498,69 @@ func (h *chaosHarness) onEvent(e supervisor.Event) {
 		h.strays = append(h.strays, "event of no row: "+e.String())
 		return
 	}
-	h.last[key] = e.Kind
-	history := h.history[key]
-	if len(history) == 16 {
-		history = history[1:]
-	}
-	h.history[key] = append(history, fmt.Sprintf("%v %v", e.Time.Sub(h.start), e))
-	if e.Kind != supervisor.EventFailed {
+	h.noteLocked(key, e.Time, e.String())
+	if e.Kind == supervisor.EventStopTimeout {
+		// A stop timeout tells of a run still stopping; it does not change
+		// the row's state.
+		if !h.stopping[key] {
+			h.spurious = append(h.spurious, fmt.Sprintf("row %d: stop timeout with no stop under way; its latest events:\n\t%s",
+				key, strings.Join(h.history[key], "\n\t")))
+		}
 		return
 	}
-	if f, ok := chaosFailureOf(e.Err); ok {
-		h.eventFailed[f.ID]++
-	} else {
-		h.strays = append(h.strays, "failure no process caused: "+e.String())
+	prev, seen := h.last[key]
+	h.last[key] = e.Kind
+	switch e.Kind {
+	case supervisor.EventStopping:
+		h.stopping[key] = true
+	case supervisor.EventStopped, supervisor.EventAborted, supervisor.EventStarting:
+		h.stopping[key] = false
 	}
+	switch e.Kind {
+	case supervisor.EventStarting:
+		if !seen || prev != supervisor.EventRestarting {
+			h.startedLocked(key)
+		}
+	case supervisor.EventRestarting:
+		h.checkRestartLocked(key, prev, seen)
+	case supervisor.EventFailed:
+		if f, ok := chaosFailureOf(e.Err); ok {
+			h.eventFailed[f.ID]++
+		} else {
+			h.strays = append(h.strays, "failure no process caused: "+e.String())
+		}
+	}
+}
+
+// startedLocked counts a fresh start of row key, which must have been
+// allowed by a Put or a Start; h.mu held.
+func (h *chaosHarness) startedLocked(key int) {
+	h.fresh[key]++
+	if h.fresh[key] > h.allowed[key] {
+		h.unallowed = append(h.unallowed, fmt.Sprintf("row %d: start %d, put or Started %d times; its latest events:\n\t%s",
+			key, h.fresh[key], h.allowed[key], strings.Join(h.history[key], "\n\t")))
+	}
+}
+
+// checkRestartLocked checks that row key restarts after a backoff, and
+// only as its latest run's restart policy allows; h.mu held.
+func (h *chaosHarness) checkRestartLocked(key int, prev supervisor.EventKind, seen bool) {
+	exit := h.exits[key]
+	var why string
+	switch {
+	case !seen || prev != supervisor.EventBackoff:
+		why = "not after a backoff"
+	case exit.how == "stopped" || exit.how == "error on stop" || exit.how == "panic on stop":
+		why = "its run was asked to stop"
+	case exit.policy == supervisor.Temporary:
+		why = "temporary"
+	case exit.policy == supervisor.Transient && exit.how == "clean exit":
+		why = "transient, after a clean exit"
+	default:
+		return
+	}
+	h.misordered = append(h.misordered, fmt.Sprintf("row %d restarted (%s) after %s; its latest events:\n\t%s",
+		key, why, exit.how, strings.Join(h.history[key], "\n\t")))
 }
 
 // decided records one of the kernel's decisions.
@@ -455,21 +578,12 @@ func (h *chaosHarness) decided(d supervisor.Decision) {
 // checkRunningSet checks, once everything settled, that the supervisor
 // runs exactly the rows that have not ended for good — those whose latest
 // event is EventAborted or EventStopped while the row is still there — and
-// each of them exactly once, with the value its row holds now.
+// each of them exactly once.
 func (h *chaosHarness) checkRunningSet(t *testing.T, table *chaosTable, sup *chaosSupervisor) {
 	t.Helper()
 	keys := sup.Keys()
 	statuses := sup.Status()
 	rows := chaosTableKeys(t, table)
-	var stale []string
-	for _, k := range keys {
-		running, err := sup.Get(t.Context(), k)
-		row, rowErr := table.Get(t.Context(), k)
-		if err != nil || rowErr != nil || running != row {
-			stale = append(stale, fmt.Sprintf("row %d: Get: %v, %v; the row: %v, %v", k, running, err, row, rowErr))
-		}
-	}
-	assert.Empty(t, chaosFirst(stale), "%d processes that do not run their row's current value", len(stale))
 
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -499,7 +613,15 @@ func (h *chaosHarness) checkRunningSet(t *testing.T, table *chaosTable, sup *cha
 	}
 	assert.Empty(t, notRunning, "settled processes not running")
 	assert.Len(t, statuses, len(keys), "Status lists every process of Keys and no other")
+	h.checkRunsLocked(t, want)
+	t.Logf("settled after %v: %d rows, %d running, %d aborted, %d stopped for good",
+		time.Since(h.start), len(rows), len(keys), ended[supervisor.EventAborted], ended[supervisor.EventStopped])
+}
 
+// checkRunsLocked checks that the rows of want have one run each and the
+// others none, and that no row ever had two; h.mu held.
+func (h *chaosHarness) checkRunsLocked(t *testing.T, want []int) {
+	t.Helper()
 	wantRunning := map[int]bool{}
 	for _, k := range want {
 		wantRunning[k] = true
@@ -514,10 +636,50 @@ func (h *chaosHarness) checkRunningSet(t *testing.T, table *chaosTable, sup *cha
 			runs = append(runs, fmt.Sprintf("row %d: %d runs, want %d", k, n, want))
 		}
 	}
-	assert.Empty(t, runs, "runs of the rows that should run, and of no other")
+	assert.Empty(t, chaosFirst(runs), "runs of the rows that should run, and of no other")
 	assert.Empty(t, h.violations, "rows run more than once at a time")
-	t.Logf("settled after %v: %d rows, %d running, %d aborted, %d stopped for good",
-		time.Since(h.start), len(rows), len(keys), ended[supervisor.EventAborted], ended[supervisor.EventStopped])
+}
+
+// checkRunningValues checks that each running process runs its row's
+// current value: a put row replaced its process, a restart read it again.
+func (h *chaosHarness) checkRunningValues(t *testing.T, table *chaosTable, sup *chaosSupervisor) {
+	t.Helper()
+	var stale []string
+	for _, k := range sup.Keys() {
+		running, err := sup.Get(t.Context(), k)
+		row, rowErr := table.Get(t.Context(), k)
+		if err != nil || rowErr != nil || running != row {
+			stale = append(stale, fmt.Sprintf("row %d: Get: %v, %v; the row: %v, %v", k, running, err, row, rowErr))
+		}
+	}
+	assert.Empty(t, chaosFirst(stale), "%d processes that do not run their row's current value", len(stale))
+}
+
+// checkStarts checks that no row started afresh more often than it was put
+// or Started: a scan must not revive a row that ended for good.
+func (h *chaosHarness) checkStarts(t *testing.T) {
+	t.Helper()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var starts []string
+	for k, n := range h.fresh {
+		if n > h.allowed[k] {
+			starts = append(starts, fmt.Sprintf("row %d: started %d times, put or Started %d times", k, n, h.allowed[k]))
+		}
+	}
+	slices.Sort(starts)
+	assert.Empty(t, chaosFirst(starts), "rows started (not restarted) more often than put or Started")
+	assert.Empty(t, chaosFirst(h.unallowed), "%d starts with no Put or Start for them", len(h.unallowed))
+}
+
+// checkEventOrder checks that every restart followed a backoff and its
+// restart policy, and every stop timeout a stop still under way.
+func (h *chaosHarness) checkEventOrder(t *testing.T) {
+	t.Helper()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	assert.Empty(t, chaosFirst(h.misordered), "%d restarts the policy forbids", len(h.misordered))
+	assert.Empty(t, chaosFirst(h.spurious), "%d EventStopTimeout of a row whose process was not stopping", len(h.spurious))
 }
 
 // checkDecisions checks that the kernel decided every failure the
@@ -702,4 +864,58 @@ func chaosGoroutinesSince(baseline map[string]string) []string {
 	}
 	slices.Sort(extra)
 	return extra
+}
+
+// The chaos test found that a Stop whose process is replaced by a Put while
+// it stops waited for the replacement too; this is its smallest case.
+func TestChaosStopReturnsWhenItsProcessReturnsEvenIfTheRowIsPutMeanwhile(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const linger = time.Second // the stopped process returns this long after its stop
+		table := supervisor.NewMapTable[string, supervisor.Runnable]()
+		table.Put("a", supervisor.RunnableFunc(func(ctx context.Context) error {
+			<-ctx.Done()
+			time.Sleep(linger)
+			return nil
+		}))
+		var (
+			mu    sync.Mutex
+			kinds []supervisor.EventKind
+		)
+		sup := supervisor.NewSupervisor(table, supervisor.Options{
+			StopTimeout: chaosStopTimeout,
+			Logger:      slog.New(slog.DiscardHandler),
+			OnEvent: func(e supervisor.Event) {
+				mu.Lock()
+				defer mu.Unlock()
+				kinds = append(kinds, e.Kind)
+			},
+		})
+		ctx, cancel := context.WithCancel(t.Context())
+		runErr := make(chan error, 1)
+		go func() { runErr <- sup.Run(ctx, nil) }()
+		synctest.Wait()
+
+		start := time.Now()
+		stopErr := make(chan error, 1)
+		go func() { stopErr <- sup.Stop(t.Context(), "a") }()
+		time.Sleep(linger / 2)
+		table.Put("a", supervisor.RunnableFunc(func(ctx context.Context) error {
+			<-ctx.Done()
+			return nil
+		}))
+		require.NoError(t, <-stopErr)
+		require.Equal(t, linger, time.Since(start), "Stop returns when the process it stopped returned")
+
+		time.Sleep(2 * chaosStopTimeout)
+		synctest.Wait()
+		mu.Lock()
+		require.Equal(t, []supervisor.EventKind{
+			supervisor.EventStarting, supervisor.EventReady, // the first value
+			supervisor.EventStopping, supervisor.EventStopped,
+			supervisor.EventStarting, supervisor.EventReady, // the value put while it stopped
+		}, kinds)
+		mu.Unlock()
+		cancel()
+		require.NoError(t, <-runErr)
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -93,15 +94,17 @@ func AbortAfter(n int, window time.Duration, next Policy) Policy {
 		next = DefaultPolicy
 	}
 	var (
-		mu    sync.Mutex
-		times = map[string][]time.Time{}
+		mu      sync.Mutex
+		windows = map[string]*slidingWindow{}
 	)
 	return func(ctx context.Context, f Failure) Action {
 		mu.Lock()
-		recent := pruneBefore(times[f.Process], f.Time.Add(-window))
-		recent = append(recent, f.Time)
-		times[f.Process] = recent
-		over := len(recent) > n
+		w := windows[f.Process]
+		if w == nil {
+			w = &slidingWindow{}
+			windows[f.Process] = w
+		}
+		over := w.add(f.Time, window) > n
 		mu.Unlock()
 		if over {
 			return Abort
@@ -110,17 +113,35 @@ func AbortAfter(n int, window time.Duration, next Policy) Policy {
 	}
 }
 
-// pruneBefore drops the times not after cutoff from the front of a sorted
-// slice, reusing its array.
-func pruneBefore(times []time.Time, cutoff time.Time) []time.Time {
-	i := 0
-	for i < len(times) && !times[i].After(cutoff) {
-		i++
+// slidingWindow counts events within a trailing window of time. Adding is
+// amortised O(1) and counting at a later time O(log n): expired times are
+// skipped by moving a head index, and the array is compacted only once
+// half of it is dead.
+type slidingWindow struct {
+	times []time.Time // oldest first, from head on
+	head  int
+}
+
+// add records an event at now, forgets the ones not within window before
+// it, and returns how many remain (now's included).
+func (w *slidingWindow) add(now time.Time, window time.Duration) int {
+	cutoff := now.Add(-window)
+	for w.head < len(w.times) && !w.times[w.head].After(cutoff) {
+		w.head++
 	}
-	if i == 0 {
-		return times
+	if w.head > 32 && w.head > len(w.times)/2 {
+		w.times = append(w.times[:0], w.times[w.head:]...)
+		w.head = 0
 	}
-	return append(times[:0], times[i:]...)
+	w.times = append(w.times, now)
+	return len(w.times) - w.head
+}
+
+// count returns how many events are within window before now.
+func (w *slidingWindow) count(now time.Time, window time.Duration) int {
+	live := w.times[w.head:]
+	cutoff := now.Add(-window)
+	return len(live) - sort.Search(len(live), func(i int) bool { return live[i].After(cutoff) })
 }
 
 // KernelOptions configures an ErrorKernel. The zero value is usable.
@@ -155,7 +176,7 @@ type errorRecord struct {
 	consecutive int
 	lastErr     error
 	lastAt      time.Time
-	recent      []time.Time // failure times within the window, oldest first
+	recent      slidingWindow
 }
 
 type subscription struct{ ch chan Decision }
@@ -224,21 +245,14 @@ func (k *ErrorKernel) record(f Failure) ErrorState {
 	r.consecutive++
 	r.lastErr = f.Err
 	r.lastAt = f.Time
-	r.recent = append(pruneBefore(r.recent, f.Time.Add(-k.window)), f.Time)
+	r.recent.add(f.Time, k.window)
 	return r.state(f.Time, k.window)
 }
 
 func (r *errorRecord) state(now time.Time, window time.Duration) ErrorState {
-	recent := 0
-	cutoff := now.Add(-window)
-	for _, t := range r.recent {
-		if t.After(cutoff) {
-			recent++
-		}
-	}
 	return ErrorState{
 		Failures:    r.failures,
-		Recent:      recent,
+		Recent:      r.recent.count(now, window),
 		Consecutive: r.consecutive,
 		LastErr:     r.lastErr,
 		LastAt:      r.lastAt,

@@ -367,9 +367,11 @@ func TestErrorKernelSubscribeNeverBlocksTheKernel(t *testing.T) {
 		decisions, cancel := k.Subscribe(1) // never read until the end
 		// A Report blocked on the subscriber would deadlock the bubble, which
 		// synctest reports as a failure.
+		start := time.Now()
 		for i := range 10 {
 			k.Report(context.Background(), supervisor.Failure{Process: "p", Err: errors.New("x"), Message: i})
 		}
+		require.Zero(t, time.Since(start), "Report waited for the subscriber")
 		require.Equal(t, uint64(9), k.Dropped())
 
 		cancel()
@@ -386,17 +388,21 @@ func TestErrorKernelSubscribeNeverBlocksTheKernel(t *testing.T) {
 }
 
 func TestErrorKernelSubscribersAreIndependent(t *testing.T) {
-	k := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: kernelQuietLogger()})
-	full, cancelFull := k.Subscribe(0) // unbuffered and never read: drops all
-	defer cancelFull()
-	reader, cancelReader := k.Subscribe(2)
-	k.Report(context.Background(), supervisor.Failure{Process: "p", Err: errors.New("x")})
-	k.Report(context.Background(), supervisor.Failure{Process: "q", Err: errors.New("y")})
-	require.Equal(t, uint64(2), k.Dropped())
-	require.Equal(t, "p", (<-reader).Failure.Process)
-	require.Equal(t, "q", (<-reader).Failure.Process)
-	cancelReader()
-	require.Empty(t, full)
+	synctest.Test(t, func(t *testing.T) { // a kernel blocked on a subscriber deadlocks the bubble
+		k := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: kernelQuietLogger()})
+		full, cancelFull := k.Subscribe(0) // unbuffered and never read: drops all
+		defer cancelFull()
+		reader, cancelReader := k.Subscribe(2)
+		start := time.Now()
+		k.Report(context.Background(), supervisor.Failure{Process: "p", Err: errors.New("x")})
+		k.Report(context.Background(), supervisor.Failure{Process: "q", Err: errors.New("y")})
+		require.Zero(t, time.Since(start), "Report waited for a subscriber")
+		require.Equal(t, uint64(2), k.Dropped())
+		require.Equal(t, "p", (<-reader).Failure.Process)
+		require.Equal(t, "q", (<-reader).Failure.Process)
+		cancelReader()
+		require.Empty(t, full)
+	})
 }
 
 func TestDefaultPolicy(t *testing.T) {

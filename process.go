@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 
@@ -38,25 +37,28 @@ type process[K comparable, P Runnable] struct {
 	value       P
 	policy      RestartPolicy
 	seq         uint64 // start order
+	seenScan    uint64 // the last scan that saw its row
 
 	state    ProcessState
 	since    time.Time
 	restarts int
 	lastErr  error
 
-	want      want
-	next      P               // wantReplace: the value to start
-	att       *attempt[K, P]  // the current run; nil between runs
-	running   bool            // a goroutine runs the process
-	done      chan struct{}   // closed when that goroutine ends
-	wake      chan struct{}   // interrupts a backoff wait (capacity 1)
-	oneShot   bool            // started by Start: a failed start is not retried
-	queued    bool            // waits in the group restart queue
-	delay     time.Duration   // queued: the restart delay
-	bo        backoff.BackOff // created at the first failure
-	unhealthy bool            // failed since it last ran healthy
-	events    []Event         // queued for delivery, in the order they happened
-	draining  bool            // a goroutine is delivering events
+	want       want
+	next       P               // wantReplace: the value to start
+	att        *attempt[K, P]  // the current run; nil between runs
+	running    bool            // a goroutine runs the process
+	done       chan struct{}   // closed when that goroutine ends
+	wake       chan struct{}   // interrupts a backoff wait (capacity 1)
+	oneShot    bool            // started by Start: a failed start is not retried
+	queued     bool            // waits in the group restart queue
+	delay      time.Duration   // queued: the restart delay
+	bo         backoff.BackOff // created at the first failure
+	startTimer *time.Timer     // fails unready attempts; one per process
+	deciding   bool            // its exit is with the kernel
+	unhealthy  bool            // failed since it last ran healthy
+	events     []Event         // queued for delivery, in the order they happened
+	draining   bool            // a goroutine is delivering events
 }
 
 // attempt is one run of a process: one call of Runnable.Run.
@@ -66,18 +68,20 @@ type attempt[K comparable, P Runnable] struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	stop   chan struct{} // closed to ask for a graceful stop
+	direct bool          // a RunnableFunc run by the supervisor: a stop cancels ctx
+	exited chan struct{} // closed when the process has returned
 
 	// guarded by tree.mu
-	stopAsked bool
-	ready     bool
-	ended     bool
-	settled   chan struct{} // closed once ready, or once its failed start was handled
-	isSettled bool
-	startErr  error       // why it ended before ready
-	startTmr  *time.Timer // fails the start after StartTimeout
-	decided   bool        // a Report got Kill or Abort: the exit is not reported again
-	action    Action
-	timers    []*time.Timer // stop and health timers, stopped when it ends
+	stopAsked     bool
+	ready         bool
+	ended         bool
+	settled       chan struct{} // closed once ready, or once its failed start was handled
+	isSettled     bool
+	startErr      error     // why it ended before ready
+	startDeadline time.Time // when an unready attempt fails its start
+	decided       bool      // a Report got Kill or Abort: the exit is not reported again
+	action        Action
+	timers        []*time.Timer // stop and health timers, stopped when it ends
 }
 
 // tree is the state of one Run.
@@ -87,9 +91,15 @@ type tree[K comparable, P Runnable] struct {
 	table Table[K, P]
 	ctx   context.Context
 
+	// reportCtx is Run's ctx, cancelled when stopAll begins: exits are
+	// reported with it.
+	reportCtx     context.Context
+	cancelReports context.CancelFunc
+
 	mu          sync.Mutex
 	procs       map[K]*process[K, P]
-	ended       map[K]struct{} // ended for good: scans skip them
+	ended       map[K]uint64 // ended for good (scans skip them), with the last scan that saw them
+	scans       uint64       // scans begun
 	seq         uint64
 	stopping    bool
 	intensity   intensity
@@ -107,12 +117,13 @@ func newTree[K comparable, P Runnable](ctx context.Context, s *Supervisor[K, P],
 	t := &tree[K, P]{
 		s: s, cfg: cfg, table: s.table, ctx: ctx,
 		procs:       map[K]*process[K, P]{},
-		ended:       map[K]struct{}{},
+		ended:       map[K]uint64{},
 		intensity:   intensity{max: cfg.maxRestarts, period: cfg.period},
 		groupSignal: make(chan struct{}, 1),
 		shutdown:    make(chan struct{}),
 		gaveUp:      make(chan struct{}),
 	}
+	t.reportCtx, t.cancelReports = context.WithCancel(ctx)
 	if cfg.strategy != OneForOne {
 		t.groupDone = make(chan struct{})
 		go t.groupRestarter()
@@ -133,6 +144,7 @@ func (t *tree[K, P]) newProcessLocked(k K, v P) *process[K, P] {
 func (t *tree[K, P]) resetLocked(p *process[K, P], v P) {
 	t.seq++
 	p.seq = t.seq
+	p.seenScan = t.scans // a scan under way may have passed its row already
 	p.value = v
 	p.policy = t.cfg.restart
 	if rp, ok := any(v).(interface{ RestartPolicy() RestartPolicy }); ok && !isNil(v) {
@@ -162,8 +174,9 @@ func (t *tree[K, P]) spawnLocked(p *process[K, P]) *attempt[K, P] {
 }
 
 func (t *tree[K, P]) newAttemptLocked(p *process[K, P]) *attempt[K, P] {
-	a := &attempt[K, P]{t: t, p: p, stop: make(chan struct{}), settled: make(chan struct{})}
+	a := &attempt[K, P]{t: t, p: p, stop: make(chan struct{}), exited: make(chan struct{}), settled: make(chan struct{})}
 	a.ctx, a.cancel = context.WithCancelCause(withReporter(t.ctx, a))
+	_, a.direct = any(p.value).(RunnableFunc)
 	p.att = a
 	t.setStateLocked(p, ProcessStarting)
 	t.queueLocked(p, Event{Kind: EventStarting})
@@ -184,23 +197,21 @@ func (t *tree[K, P]) live(p *process[K, P], a *attempt[K, P], done chan struct{}
 	}
 }
 
-// runAttempt calls Run once, failing the start after StartTimeout.
+// runAttempt runs p once, failing the start after StartTimeout. A
+// RunnableFunc runs on this goroutine, with RunnableFunc.Run's semantics:
+// ready at once, stopped by cancelling its context.
 func (t *tree[K, P]) runAttempt(p *process[K, P], a *attempt[K, P]) error {
+	defer close(a.exited)
 	t.flush(p)
 	if isNil(p.value) {
 		return fmt.Errorf("row %v: %w", p.name, ErrNilProcess)
 	}
-	t.mu.Lock()
-	if !a.ready {
-		a.startTmr = time.AfterFunc(t.cfg.startTimeout, func() { a.cancel(ErrStartTimeout) })
+	if f, ok := any(p.value).(RunnableFunc); ok {
+		a.markReady()
+		return callFunc(a.ctx, f)
 	}
-	t.mu.Unlock()
+	t.armStartTimer(p, a)
 	err := callRun(a.ctx, p.value, a.callback)
-	t.mu.Lock()
-	if a.startTmr != nil {
-		a.startTmr.Stop()
-	}
-	t.mu.Unlock()
 	if !a.isReady() && context.Cause(a.ctx) == ErrStartTimeout {
 		return fmt.Errorf("%w after %v", ErrStartTimeout, t.cfg.startTimeout)
 	}
@@ -214,6 +225,42 @@ func callRun[P Runnable](ctx context.Context, p P, callback Callback) (err error
 		}
 	}()
 	return p.Run(ctx, callback)
+}
+
+func callFunc(ctx context.Context, f RunnableFunc) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = newPanicError(v)
+		}
+	}()
+	return f(ctx)
+}
+
+// armStartTimer fails a's start after StartTimeout. Each process keeps one
+// timer for all its attempts; a firing meant for an earlier attempt is
+// recognised by its deadline.
+func (t *tree[K, P]) armStartTimer(p *process[K, P], a *attempt[K, P]) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if a.ready {
+		return
+	}
+	a.startDeadline = time.Now().Add(t.cfg.startTimeout)
+	if p.startTimer == nil {
+		p.startTimer = time.AfterFunc(t.cfg.startTimeout, func() { t.startTimedOut(p) })
+	} else {
+		p.startTimer.Reset(t.cfg.startTimeout)
+	}
+}
+
+func (t *tree[K, P]) startTimedOut(p *process[K, P]) {
+	t.mu.Lock()
+	a := p.att
+	late := a != nil && !a.ready && !a.startDeadline.IsZero() && !time.Now().Before(a.startDeadline)
+	t.mu.Unlock()
+	if late {
+		a.cancel(ErrStartTimeout)
+	}
 }
 
 // callback is what the process calls when it is ready: it marks it
@@ -236,9 +283,8 @@ func (a *attempt[K, P]) markReady() {
 		return
 	}
 	a.ready = true
-	if a.startTmr != nil {
-		a.startTmr.Stop()
-		a.startTmr = nil
+	if p.startTimer != nil {
+		p.startTimer.Stop()
 	}
 	a.settleLocked()
 	p.oneShot = false
@@ -314,6 +360,9 @@ func (t *tree[K, P]) afterExit(p *process[K, P], a *attempt[K, P], err error) *a
 			a.startErr = errors.New("process returned before it was ready")
 		}
 	}
+	if p.startTimer != nil {
+		p.startTimer.Stop()
+	}
 	for _, tm := range a.timers {
 		tm.Stop()
 	}
@@ -332,16 +381,11 @@ func (t *tree[K, P]) afterExit(p *process[K, P], a *attempt[K, P], err error) *a
 	switch {
 	case decided:
 	case err == nil && p.policy != Permanent:
-		t.endForGood(p, EventStopped, nil)
-		return nil
+		return t.end(p, EventStopped, nil, true)
 	case err == nil:
 		action = Kill // a clean exit of a permanent process: backoff, no kernel
 	default:
 		action = t.reportExit(p, err)
-		if t.ctx.Err() != nil {
-			t.endForGood(p, EventStopped, nil)
-			return nil
-		}
 	}
 	return t.restart(p, a, action, err, wasReady)
 }
@@ -374,23 +418,21 @@ func (t *tree[K, P]) afterStop(p *process[K, P], err error, decided bool) *attem
 		t.reportExit(p, err)
 	}
 	t.mu.Lock()
-	t.queueLocked(p, Event{Kind: EventStopped, Err: err})
-	switch {
-	case p.want == wantReplace && !t.stopping:
-		defer t.mu.Unlock()
-		return t.replaceLocked(p) // its first attempt delivers the events
-	case p.want == wantGroup && !t.stopping && p.policy == Temporary:
-		t.ended[p.key] = struct{}{} // a Temporary sibling is not restarted
-		t.removeLocked(p)
-	case p.want == wantGroup && !t.stopping:
-		t.setStateLocked(p, ProcessBackoff)
-	default:
-		t.removeLocked(p)
+	if p.want == wantGroup && !t.stopping {
+		t.queueLocked(p, Event{Kind: EventStopped, Err: err})
+		if p.policy == Temporary { // a Temporary sibling is not restarted
+			t.ended[p.key] = t.scans
+			t.removeLocked(p)
+		} else {
+			t.setStateLocked(p, ProcessBackoff)
+		}
+		p.running = false
+		t.mu.Unlock()
+		t.flush(p)
+		return nil
 	}
-	p.running = false
 	t.mu.Unlock()
-	t.flush(p)
-	return nil
+	return t.end(p, EventStopped, err, false)
 }
 
 // replaceLocked turns p into a fresh process of the value its row was put
@@ -406,16 +448,21 @@ func (t *tree[K, P]) replaceLocked(p *process[K, P]) *attempt[K, P] {
 // it was asked to.
 func (t *tree[K, P]) isStopExit(err error) bool {
 	return err == nil || errors.Is(err, context.Canceled) || errors.Is(err, errForcedStop) ||
-		(t.ctx.Err() != nil && errors.Is(err, t.ctx.Err()))
+		errors.Is(err, errStopRequested) || (t.ctx.Err() != nil && errors.Is(err, t.ctx.Err()))
 }
 
-// reportExit sends the failure of an exited process to the kernel, with
-// Run's context (the process's own is done).
+// reportExit sends the failure of an exited process to the kernel with
+// Run's context (the process's own is done), which stopAll cancels so that
+// no decision holds up a shutdown.
 func (t *tree[K, P]) reportExit(p *process[K, P], err error) Action {
-	action := t.cfg.kernel.Report(t.ctx, Failure{
+	t.mu.Lock()
+	p.deciding = true
+	t.mu.Unlock()
+	action := t.cfg.kernel.Report(t.reportCtx, Failure{
 		Process: p.failureName, Err: err, Exited: true, Restart: p.policy,
 	})
 	t.mu.Lock()
+	p.deciding = false
 	p.lastErr = err
 	p.unhealthy = true
 	t.queueLocked(p, Event{Kind: EventFailed, Err: err, Action: action})
@@ -426,13 +473,13 @@ func (t *tree[K, P]) reportExit(p *process[K, P], err error) Action {
 
 // restart acts on the kernel's answer to p's exit.
 func (t *tree[K, P]) restart(p *process[K, P], a *attempt[K, P], action Action, err error, wasReady bool) *attempt[K, P] {
-	if p.policy == Temporary && action != Abort {
-		t.endForGood(p, EventStopped, nil)
-		return nil
-	}
-	if action == Abort {
-		t.endForGood(p, EventAborted, err)
-		return nil
+	switch {
+	case t.reportCtx.Err() != nil: // decided because the supervisor is stopping
+		return t.end(p, EventStopped, nil, false)
+	case action == Abort:
+		return t.end(p, EventAborted, err, true)
+	case p.policy == Temporary:
+		return t.end(p, EventStopped, nil, true)
 	}
 	t.mu.Lock()
 	if p.want != wantRun || t.stopping { // stopped or put again since it exited
@@ -441,8 +488,7 @@ func (t *tree[K, P]) restart(p *process[K, P], a *attempt[K, P], action Action, 
 	}
 	if p.oneShot && !wasReady { // a failed Start leaves nothing running
 		t.mu.Unlock()
-		t.endRemoved(p)
-		return nil
+		return t.end(p, EventStopped, nil, false)
 	}
 	var delay time.Duration
 	if action == Kill {
@@ -452,8 +498,7 @@ func (t *tree[K, P]) restart(p *process[K, P], a *attempt[K, P], action Action, 
 		}
 		if delay = p.bo.NextBackOff(); delay == backoff.Stop {
 			t.mu.Unlock()
-			t.endForGood(p, EventAborted, err)
-			return nil
+			return t.end(p, EventAborted, err, true)
 		}
 		if t.intensity.add(time.Now()) {
 			t.removeLocked(p)
@@ -475,10 +520,8 @@ func (t *tree[K, P]) restart(p *process[K, P], a *attempt[K, P], action Action, 
 	a.settleLocked()
 	t.mu.Unlock()
 	t.flush(p)
-	if delay > 0 {
-		if !t.sleep(p, delay) {
-			return t.interrupted(p)
-		}
+	if delay > 0 && !t.sleep(p, delay) {
+		return t.interrupted(p)
 	}
 	return t.restartAttempt(p)
 }
@@ -507,16 +550,9 @@ func (t *tree[K, P]) sleep(p *process[K, P], d time.Duration) bool {
 	}
 }
 
-// interrupted handles a backoff wait cut short by a stop or replacement.
+// interrupted handles a restart cut short by a stop or a replacement.
 func (t *tree[K, P]) interrupted(p *process[K, P]) *attempt[K, P] {
-	t.mu.Lock()
-	if p.want == wantReplace && !t.stopping {
-		defer t.mu.Unlock()
-		return t.replaceLocked(p)
-	}
-	t.mu.Unlock()
-	t.endRemoved(p)
-	return nil
+	return t.end(p, EventStopped, nil, false)
 }
 
 // restartAttempt reads p's row again and starts its next attempt, unless
@@ -525,20 +561,14 @@ func (t *tree[K, P]) restartAttempt(p *process[K, P]) *attempt[K, P] {
 	v, err := t.table.Get(t.ctx, p.key)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		t.endRemoved(p)
-		return nil
+		return t.end(p, EventStopped, nil, false)
 	case err != nil:
 		t.tableError(fmt.Errorf("read row %v before restart (restarting the previous value): %w", p.name, err))
 	}
 	t.mu.Lock()
-	if p.want == wantReplace && !t.stopping {
-		defer t.mu.Unlock()
-		return t.replaceLocked(p)
-	}
 	if p.want != wantRun || t.stopping {
 		t.mu.Unlock()
-		t.endRemoved(p)
-		return nil
+		return t.interrupted(p)
 	}
 	if err == nil {
 		p.value = v
@@ -550,26 +580,31 @@ func (t *tree[K, P]) restartAttempt(p *process[K, P]) *attempt[K, P] {
 	return a
 }
 
-// endForGood ends p: scans skip it until its row is put again or comes
-// back.
-func (t *tree[K, P]) endForGood(p *process[K, P], kind EventKind, err error) {
+// end ends p with an event of kind, unless its row was put again
+// meanwhile: then it returns the first attempt of the new value. An end
+// for good makes scans skip the row until it is put again or comes back.
+func (t *tree[K, P]) end(p *process[K, P], kind EventKind, err error, forGood bool) *attempt[K, P] {
 	t.mu.Lock()
-	if t.procs[p.key] == p {
-		t.ended[p.key] = struct{}{}
+	t.queueLocked(p, Event{Kind: kind, Err: err})
+	if p.want == wantReplace && !t.stopping {
+		defer t.mu.Unlock()
+		return t.replaceLocked(p) // its first attempt delivers the events
+	}
+	if forGood && p.want == wantRun && t.procs[p.key] == p {
+		t.ended[p.key] = t.scans
 	}
 	t.removeLocked(p)
 	p.running = false
-	t.queueLocked(p, Event{Kind: kind, Err: err})
 	t.mu.Unlock()
 	t.flush(p)
+	return nil
 }
 
-// endRemoved ends p, whose row is gone or which was stopped.
-func (t *tree[K, P]) endRemoved(p *process[K, P]) {
+// discard ends p, which has no goroutine (it waits for a group restart).
+func (t *tree[K, P]) discard(p *process[K, P]) {
 	t.mu.Lock()
-	t.removeLocked(p)
-	p.running = false
 	t.queueLocked(p, Event{Kind: EventStopped})
+	t.removeLocked(p)
 	t.mu.Unlock()
 	t.flush(p)
 }
@@ -619,6 +654,9 @@ func (t *tree[K, P]) requestStopLocked(p *process[K, P], w want) bool {
 	}
 	a.stopAsked = true
 	close(a.stop)
+	if a.direct {
+		a.cancel(errStopRequested)
+	}
 	t.setStateLocked(p, ProcessStopping)
 	t.queueLocked(p, Event{Kind: EventStopping})
 	return true
@@ -638,14 +676,14 @@ func (t *tree[K, P]) stopTimedOut(p *process[K, P]) {
 		ErrStopTimeout, 2*t.cfg.stopTimeout)})
 }
 
-// awaitStop waits for the goroutine of p (done) after a stop request:
-// graceful for StopTimeout or until ctx is done, then forced for another
-// StopTimeout.
-func (t *tree[K, P]) awaitStop(ctx context.Context, p *process[K, P], a *attempt[K, P], done <-chan struct{}) error {
+// awaitStop waits for wait (the process's return, or its goroutine's end)
+// after a stop request: graceful for StopTimeout or until ctx is done,
+// then forced for another StopTimeout.
+func (t *tree[K, P]) awaitStop(ctx context.Context, p *process[K, P], a *attempt[K, P], wait <-chan struct{}) error {
 	timer := time.NewTimer(t.cfg.stopTimeout)
 	defer timer.Stop()
 	select {
-	case <-done:
+	case <-wait:
 		return nil
 	case <-ctx.Done():
 	case <-timer.C:
@@ -655,115 +693,10 @@ func (t *tree[K, P]) awaitStop(ctx context.Context, p *process[K, P], a *attempt
 	}
 	timer.Reset(t.cfg.stopTimeout)
 	select {
-	case <-done:
+	case <-wait:
 		return nil
 	case <-timer.C:
 		t.stopTimedOut(p)
 		return fmt.Errorf("%s: %w", p.failureName, ErrStopTimeout)
 	}
-}
-
-// Events of one process are queued under t.mu, in the same critical
-// section as the change they describe, and delivered after it by whichever
-// goroutine finds the queue idle: a process's events arrive in the order
-// they happened, and OnEvent never runs under the supervisor's lock.
-
-// queueLocked stamps e as an event of p and queues it; t.mu held. Call
-// flush(p) after unlocking.
-func (t *tree[K, P]) queueLocked(p *process[K, P], e Event) {
-	e.Supervisor = t.cfg.name
-	e.Process = p.name
-	e.Time = time.Now()
-	p.events = append(p.events, e)
-}
-
-// flush delivers p's queued events unless another goroutine is at it.
-func (t *tree[K, P]) flush(p *process[K, P]) {
-	t.mu.Lock()
-	if p.draining {
-		t.mu.Unlock()
-		return
-	}
-	p.draining = true
-	for len(p.events) > 0 {
-		batch := p.events
-		p.events = nil
-		t.mu.Unlock()
-		for _, e := range batch {
-			t.emit(e)
-		}
-		t.mu.Lock()
-	}
-	p.draining = false
-	t.mu.Unlock()
-}
-
-// event delivers e about p (nil: the supervisor itself); never call it
-// with t.mu held.
-func (t *tree[K, P]) event(p *process[K, P], e Event) {
-	if p == nil {
-		e.Supervisor = t.cfg.name
-		e.Time = time.Now()
-		t.emit(e)
-		return
-	}
-	t.mu.Lock()
-	t.queueLocked(p, e)
-	t.mu.Unlock()
-	t.flush(p)
-}
-
-func (t *tree[K, P]) emit(e Event) {
-	t.log(e)
-	if t.cfg.onEvent != nil {
-		t.deliver(e)
-	}
-}
-
-func (t *tree[K, P]) deliver(e Event) {
-	defer func() {
-		if v := recover(); v != nil {
-			t.cfg.logger.Error("supervisor: OnEvent panicked", "supervisor", t.cfg.name, "event", e.String(), "panic", v)
-		}
-	}()
-	t.cfg.onEvent(e)
-}
-
-func (t *tree[K, P]) log(e Event) {
-	level := slog.LevelDebug
-	switch e.Kind {
-	case EventFailed, EventBackoff:
-		level = slog.LevelWarn
-	case EventAborted, EventStopTimeout, EventTooManyRestarts, EventTableError:
-		level = slog.LevelError
-	case EventStopped:
-		if e.Err != nil {
-			level = slog.LevelWarn
-		}
-	}
-	logger := t.cfg.logger
-	if !logger.Enabled(context.Background(), level) {
-		return
-	}
-	attrs := []slog.Attr{slog.String("supervisor", e.Supervisor), slog.String("event", e.Kind.String())}
-	if e.Process != "" {
-		attrs = append(attrs, slog.String("process", e.Process))
-	}
-	if e.Err != nil {
-		attrs = append(attrs, slog.Any("err", e.Err))
-		if pe, ok := IsPanic(e.Err); ok {
-			attrs = append(attrs, slog.String("stack", string(pe.Stack)))
-		}
-	}
-	switch e.Kind {
-	case EventFailed:
-		attrs = append(attrs, slog.String("action", e.Action.String()))
-	case EventBackoff:
-		attrs = append(attrs, slog.Duration("delay", e.Delay))
-	}
-	logger.LogAttrs(context.Background(), level, "supervisor: "+e.Kind.String(), attrs...)
-}
-
-func (t *tree[K, P]) tableError(err error) {
-	t.event(nil, Event{Kind: EventTableError, Err: err})
 }

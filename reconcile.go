@@ -81,26 +81,35 @@ func (t *tree[K, P]) loop(watch <-chan K, callbackDone <-chan struct{}, cancelCa
 // scan reads every row: it starts the rows that have no process (unless
 // they ended for good) and, when the read was complete, stops the
 // processes whose row is gone. It returns the first attempts it started.
-// A row whose read failed counts as present.
+// A row whose read failed counts as present. Rows are taken in batches, so
+// a scan of an unchanged table takes the lock once per batch, and the rows
+// seen are marked with the scan's number instead of collected in a set.
 func (t *tree[K, P]) scan() []*attempt[K, P] {
 	it, err := t.table.Iter(t.ctx)
 	if err != nil {
 		t.tableError(fmt.Errorf("iterate: %w", err))
 		return nil
 	}
-	seen := map[K]struct{}{}
-	var started []*attempt[K, P]
+	t.mu.Lock()
+	t.scans++
+	scan := t.scans
+	t.mu.Unlock()
+	var (
+		started []*attempt[K, P]
+		batch   = make([]scannedRow[K, P], 0, scanBatch)
+	)
 	for it.Next() {
 		k, v, err := it.Get(t.ctx)
-		seen[k] = struct{}{}
 		if err != nil {
 			t.tableError(fmt.Errorf("read row %v: %w", k, err))
-			continue
 		}
-		if a := t.startIfAbsent(k, v); a != nil {
-			started = append(started, a)
+		batch = append(batch, scannedRow[K, P]{key: k, value: v, ok: err == nil})
+		if len(batch) == scanBatch {
+			started = t.applyScanned(scan, batch, started)
+			batch = batch[:0]
 		}
 	}
+	started = t.applyScanned(scan, batch, started)
 	complete := true
 	if err := it.Err(); err != nil {
 		complete = false
@@ -110,39 +119,58 @@ func (t *tree[K, P]) scan() []*attempt[K, P] {
 		t.tableError(fmt.Errorf("close iterator: %w", err))
 	}
 	if complete {
-		t.dropMissing(seen)
+		t.dropMissing(scan)
 	}
 	return started
 }
 
-// startIfAbsent starts row k unless it has a process or ended for good.
-func (t *tree[K, P]) startIfAbsent(k K, v P) *attempt[K, P] {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.stopping {
-		return nil
-	}
-	if _, ok := t.procs[k]; ok {
-		return nil
-	}
-	if _, ok := t.ended[k]; ok {
-		return nil
-	}
-	return t.spawnLocked(t.newProcessLocked(k, v))
+const scanBatch = 256
+
+type scannedRow[K comparable, P Runnable] struct {
+	key   K
+	value P
+	ok    bool // read without error
 }
 
-// dropMissing stops the processes whose row was not seen and forgets the
-// ended rows that are gone (so they start when they come back).
-func (t *tree[K, P]) dropMissing(seen map[K]struct{}) {
+// applyScanned marks the rows of batch as seen by scan and starts the ones
+// that have no process and did not end for good.
+func (t *tree[K, P]) applyScanned(scan uint64, batch []scannedRow[K, P], started []*attempt[K, P]) []*attempt[K, P] {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i := range batch {
+		r := &batch[i]
+		_, ended := t.ended[r.key]
+		if ended {
+			t.ended[r.key] = scan
+		}
+		if p := t.procs[r.key]; p != nil {
+			p.seenScan = scan
+			continue
+		}
+		if ended {
+			continue
+		}
+		if r.ok && !t.stopping {
+			a := t.spawnLocked(t.newProcessLocked(r.key, r.value))
+			a.p.seenScan = scan
+			started = append(started, a)
+		}
+	}
+	return started
+}
+
+// dropMissing stops the processes whose row scan did not see and forgets
+// the ended rows that are gone (so they start when they come back).
+func (t *tree[K, P]) dropMissing(scan uint64) {
 	var stopping []*process[K, P]
 	t.mu.Lock()
-	for k := range t.ended {
-		if _, ok := seen[k]; !ok {
+	for k, seen := range t.ended {
+		if seen != scan {
 			delete(t.ended, k)
 		}
 	}
-	for k, p := range t.procs {
-		if _, ok := seen[k]; !ok && p.want != wantStop {
+	for _, p := range t.procs {
+		if p.seenScan != scan && p.want != wantStop {
 			stopping = append(stopping, p)
 		}
 	}
@@ -194,7 +222,7 @@ func (t *tree[K, P]) stopForGood(p *process[K, P]) {
 	}
 	if !p.running {
 		t.mu.Unlock()
-		t.endRemoved(p)
+		t.discard(p)
 		return
 	}
 	t.requestStopTimedLocked(p, wantStop)
@@ -272,19 +300,25 @@ func (t *tree[K, P]) stopOne(ctx context.Context, k K) error {
 		t.mu.Unlock()
 		return t.s.errorf("stop %v: %w", k, ErrProcessNotFound)
 	}
-	t.ended[k] = struct{}{}
+	t.ended[k] = t.scans
 	if !p.running {
 		p.want = wantStop
 		t.queueLocked(p, Event{Kind: EventStopping})
 		t.mu.Unlock()
-		t.endRemoved(p)
+		t.discard(p)
 		return nil
 	}
 	t.requestStopLocked(p, wantStop)
-	a, done := p.att, p.done
+	a, wait, deciding := p.att, p.done, p.deciding
+	if a != nil {
+		wait = a.exited // its goroutine may still report the exit to the kernel
+	}
 	t.mu.Unlock()
 	t.flush(p)
-	if err := t.awaitStop(ctx, p, a, done); err != nil {
+	if a == nil && deciding {
+		return nil // it has returned; it ends once the kernel answered
+	}
+	if err := t.awaitStop(ctx, p, a, wait); err != nil {
 		return t.s.errorf("stop %v: %w", k, err)
 	}
 	return nil
@@ -296,6 +330,7 @@ func (t *tree[K, P]) stopOne(ctx context.Context, k K) error {
 // starts after stopAll began.
 func (t *tree[K, P]) stopAll() {
 	t.stopOnce.Do(func() {
+		t.cancelReports()
 		t.mu.Lock()
 		t.stopping = true
 		close(t.shutdown)

@@ -250,7 +250,7 @@ func (t *tree[K, P]) restartMember(p *process[K, P]) *attempt[K, P] {
 	switch {
 	case errors.Is(err, ErrNotFound):
 		t.mu.Unlock()
-		t.endRemoved(p)
+		t.discard(p)
 		return nil
 	case err == nil:
 		p.value = v

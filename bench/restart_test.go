@@ -18,29 +18,45 @@ import (
 
 var errRestartBench = errors.New("bench: fail at once")
 
-// restartCounter counts runs: first closes at the first run, reached at
-// run n+1 (the first run plus n restarts).
+// restartCounter counts runs. The first run signals first and waits for
+// begin, so that every one of the n restarts happens after the benchmark
+// timer was reset; run n+1 (the first run plus n restarts) closes reached.
 type restartCounter struct {
 	runs    atomic.Int64
 	target  int64
 	first   chan struct{}
+	begin   chan struct{}
 	reached chan struct{}
 }
 
 func newRestartCounter(n int) *restartCounter {
-	return &restartCounter{target: int64(n) + 1, first: make(chan struct{}), reached: make(chan struct{})}
+	return &restartCounter{
+		target: int64(n) + 1,
+		first:  make(chan struct{}), begin: make(chan struct{}), reached: make(chan struct{}),
+	}
 }
 
 func (c *restartCounter) run() {
 	switch c.runs.Add(1) {
 	case 1:
 		close(c.first)
+		<-c.begin
 		if c.target == 1 {
 			close(c.reached)
 		}
 	case c.target:
 		close(c.reached)
 	}
+}
+
+// measure waits for the first run, starts the measurement, lets the
+// restarts go and stops the measurement once they are done.
+func (c *restartCounter) measure(h hooks) {
+	<-c.first
+	h.start()
+	close(c.begin)
+	<-c.reached
+	h.stop()
 }
 
 // restartsSupervisor measures n restarts under this library's Supervisor:
@@ -70,10 +86,7 @@ func restartsSupervisorWith(n int, h hooks, ko supervisor.KernelOptions) (int64,
 		Kernel:  supervisor.NewErrorKernel(ko),
 	})
 	err := runSupervisor(s, func(context.Context) error {
-		<-c.first
-		h.start()
-		<-c.reached
-		h.stop()
+		c.measure(h)
 		return nil
 	})
 	return c.runs.Load(), err
@@ -108,10 +121,7 @@ func restartsSuture(n int, h hooks) (int64, error) {
 	s.Add(failingService{c})
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := s.ServeBackground(ctx)
-	<-c.first
-	h.start()
-	<-c.reached
-	h.stop()
+	c.measure(h)
 	cancel()
 	err := <-errc
 	if errors.Is(err, context.Canceled) {

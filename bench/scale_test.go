@@ -72,6 +72,19 @@ func setPhase(phase string) {
 	pprof.SetGoroutineLabels(ctx)
 }
 
+// writeHeapProfile writes the live heap (go tool pprof -sample_index=inuse_space).
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
 func memStats() runtime.MemStats {
 	runtime.GC()
 	runtime.GC()
@@ -138,6 +151,11 @@ func measureScale(procs int, idle time.Duration, scans int) (scaleResult, error)
 		r.heapPerProc = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(procs)
 		r.stackPerProc = float64(int64(after.StackInuse)-int64(before.StackInuse)) / float64(procs)
 		r.gorPerProc = float64(runtime.NumGoroutine()-goroutinesBefore) / float64(procs)
+		if path := os.Getenv("SUPERVISOR_SCALE_HEAPPROFILE"); path != "" {
+			if err := writeHeapProfile(path); err != nil {
+				return err
+			}
+		}
 		if idle > 0 {
 			cpu := cpuTime()
 			time.Sleep(idle)
@@ -229,7 +247,7 @@ func (r scaleResult) String() string {
 	return fmt.Sprintf("procs=%d start=%v heap/proc=%.0fB stack/proc=%.0fB goroutines/proc=%.2f table/row=%.0fB "+
 		"idle=%v idleCPU=%v stopAll=%v scan(wall)=%v (median %v, max %v) scan(cpu)=%v gc/scan=%.2f",
 		r.procs, r.start.Round(time.Millisecond), r.heapPerProc, r.stackPerProc, r.gorPerProc, r.tableHeapRow,
-		r.idle, r.idleCPU.Round(time.Millisecond), r.stopAll.Round(time.Millisecond),
+		r.idle, r.idleCPU.Round(time.Microsecond), r.stopAll.Round(time.Millisecond),
 		r.scanWall.Round(10*time.Microsecond), r.scanMedian.Round(10*time.Microsecond), r.scanMax.Round(10*time.Microsecond), r.scanCPU.Round(10*time.Microsecond), r.scanGCPerScan)
 }
 
