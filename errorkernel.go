@@ -52,7 +52,7 @@ type Failure struct {
 // ErrorState is an error kernel's record of one process.
 type ErrorState struct {
 	Failures    int       // all failures recorded
-	Recent      int       // failures within KernelOptions.Window
+	Recent      int       // failures within KernelOptions.Window (counted up to 16384)
 	Consecutive int       // since the process last ran healthy
 	LastErr     error     // the latest failure's error
 	LastAt      time.Time // the latest failure's time
@@ -101,7 +101,7 @@ func AbortAfter(n int, window time.Duration, next Policy) Policy {
 		mu.Lock()
 		w := windows[f.Process]
 		if w == nil {
-			w = &slidingWindow{}
+			w = &slidingWindow{limit: n + 1} // enough to tell "more than n"
 			windows[f.Process] = w
 		}
 		over := w.add(f.Time, window) > n
@@ -113,14 +113,19 @@ func AbortAfter(n int, window time.Duration, next Policy) Policy {
 	}
 }
 
-// slidingWindow counts events within a trailing window of time. Adding is
+// slidingWindow counts events within a trailing window of time, up to a
+// limit (a crash loop must not grow memory without bound). Adding is
 // amortised O(1) and counting at a later time O(log n): expired times are
 // skipped by moving a head index, and the array is compacted only once
 // half of it is dead.
 type slidingWindow struct {
+	limit int         // most events kept; counts saturate at it
 	times []time.Time // oldest first, from head on
 	head  int
 }
+
+// maxRecent is the most failures an ErrorState.Recent counts.
+const maxRecent = 1 << 14
 
 // add records an event at now, forgets the ones not within window before
 // it, and returns how many remain (now's included).
@@ -132,6 +137,9 @@ func (w *slidingWindow) add(now time.Time, window time.Duration) int {
 	if w.head > 32 && w.head > len(w.times)/2 {
 		w.times = append(w.times[:0], w.times[w.head:]...)
 		w.head = 0
+	}
+	if len(w.times)-w.head >= w.limit {
+		w.head++ // forget the oldest: the count saturates
 	}
 	w.times = append(w.times, now)
 	return len(w.times) - w.head
@@ -238,7 +246,7 @@ func (k *ErrorKernel) record(f Failure) ErrorState {
 	defer k.mu.Unlock()
 	r := k.records[f.Process]
 	if r == nil {
-		r = &errorRecord{}
+		r = &errorRecord{recent: slidingWindow{limit: maxRecent}}
 		k.records[f.Process] = r
 	}
 	r.failures++
@@ -363,10 +371,6 @@ type reporterKey struct{}
 // right kernel and acts on Kill and Abort before returning.
 type reporter interface {
 	report(ctx context.Context, err error, msg any) Action
-}
-
-func withReporter(ctx context.Context, r reporter) context.Context {
-	return context.WithValue(ctx, reporterKey{}, r)
 }
 
 // errNilReport stands for the nil error of a Report call.

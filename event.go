@@ -115,7 +115,13 @@ func (t *tree[K, P]) queueLocked(p *process[K, P], e Event) {
 // flush delivers p's queued events unless another goroutine is at it.
 func (t *tree[K, P]) flush(p *process[K, P]) {
 	t.mu.Lock()
-	if p.draining {
+	t.unlockAndFlush(p)
+}
+
+// unlockAndFlush unlocks t.mu, then delivers p's queued events unless
+// another goroutine is at it.
+func (t *tree[K, P]) unlockAndFlush(p *process[K, P]) {
+	if p.draining || len(p.events) == 0 {
 		t.mu.Unlock()
 		return
 	}
@@ -148,8 +154,7 @@ func (t *tree[K, P]) event(p *process[K, P], e Event) {
 	}
 	t.mu.Lock()
 	t.queueLocked(p, e)
-	t.mu.Unlock()
-	t.flush(p)
+	t.unlockAndFlush(p)
 }
 
 func (t *tree[K, P]) emit(e *Event) {

@@ -61,27 +61,60 @@ type process[K comparable, P Runnable] struct {
 	draining   bool            // a goroutine is delivering events
 }
 
-// attempt is one run of a process: one call of Runnable.Run.
+// attempt is one run of a process: one call of Runnable.Run. It is the
+// context the process runs with: Run's ctx made cancellable, carrying the
+// attempt for Report.
 type attempt[K comparable, P Runnable] struct {
+	context.Context
 	t      *tree[K, P]
 	p      *process[K, P]
-	ctx    context.Context
 	cancel context.CancelCauseFunc
-	stop   chan struct{} // closed to ask for a graceful stop
-	direct bool          // a RunnableFunc run by the supervisor: a stop cancels ctx
-	exited chan struct{} // closed when the process has returned
+	direct bool // a RunnableFunc run by the supervisor: a stop cancels its ctx
 
-	// guarded by tree.mu
+	// guarded by tree.mu; the channels are made when first needed
+	stop          chan struct{} // closed to ask for a graceful stop
+	exited        chan struct{} // closed when the process has returned
+	settled       chan struct{} // closed once ready, or once its failed start was handled
 	stopAsked     bool
 	ready         bool
-	ended         bool
-	settled       chan struct{} // closed once ready, or once its failed start was handled
+	ended         bool // the process has returned
 	isSettled     bool
 	startErr      error     // why it ended before ready
 	startDeadline time.Time // when an unready attempt fails its start
 	decided       bool      // a Report got Kill or Abort: the exit is not reported again
 	action        Action
 	timers        []*time.Timer // stop and health timers, stopped when it ends
+}
+
+// Value finds the attempt for Report, and the rest in Run's ctx.
+func (a *attempt[K, P]) Value(key any) any {
+	if key == (reporterKey{}) {
+		return a
+	}
+	return a.Context.Value(key)
+}
+
+// settledChan returns a channel closed once a is settled; t.mu held.
+func (a *attempt[K, P]) settledChan() <-chan struct{} {
+	if a.settled == nil {
+		a.settled = make(chan struct{})
+		if a.isSettled {
+			close(a.settled)
+		}
+	}
+	return a.settled
+}
+
+// exitedChan returns a channel closed once the process has returned;
+// t.mu held.
+func (a *attempt[K, P]) exitedChan() <-chan struct{} {
+	if a.exited == nil {
+		a.exited = make(chan struct{})
+		if a.ended {
+			close(a.exited)
+		}
+	}
+	return a.exited
 }
 
 // tree is the state of one Run.
@@ -174,18 +207,26 @@ func (t *tree[K, P]) spawnLocked(p *process[K, P]) *attempt[K, P] {
 }
 
 func (t *tree[K, P]) newAttemptLocked(p *process[K, P]) *attempt[K, P] {
-	a := &attempt[K, P]{t: t, p: p, stop: make(chan struct{}), exited: make(chan struct{}), settled: make(chan struct{})}
-	a.ctx, a.cancel = context.WithCancelCause(withReporter(t.ctx, a))
-	_, a.direct = any(p.value).(RunnableFunc)
+	a := &attempt[K, P]{t: t, p: p}
+	a.Context, a.cancel = context.WithCancelCause(t.ctx)
+	if _, a.direct = any(p.value).(RunnableFunc); !a.direct {
+		a.stop = make(chan struct{})
+	}
 	p.att = a
-	t.setStateLocked(p, ProcessStarting)
-	t.queueLocked(p, Event{Kind: EventStarting})
+	t.transitionLocked(p, ProcessStarting, EventStarting)
 	return a
 }
 
 func (t *tree[K, P]) setStateLocked(p *process[K, P], s ProcessState) {
 	p.state = s
 	p.since = time.Now()
+}
+
+// transitionLocked enters state s and queues an event of kind at the same
+// instant; t.mu held.
+func (t *tree[K, P]) transitionLocked(p *process[K, P], s ProcessState, kind EventKind) {
+	t.setStateLocked(p, s)
+	p.events = append(p.events, Event{Kind: kind, Supervisor: t.cfg.name, Process: p.name, Time: p.since})
 }
 
 // live runs p until it ends for good or leaves it to a group restart.
@@ -201,18 +242,17 @@ func (t *tree[K, P]) live(p *process[K, P], a *attempt[K, P], done chan struct{}
 // RunnableFunc runs on this goroutine, with RunnableFunc.Run's semantics:
 // ready at once, stopped by cancelling its context.
 func (t *tree[K, P]) runAttempt(p *process[K, P], a *attempt[K, P]) error {
-	defer close(a.exited)
 	t.flush(p)
 	if isNil(p.value) {
 		return fmt.Errorf("row %v: %w", p.name, ErrNilProcess)
 	}
 	if f, ok := any(p.value).(RunnableFunc); ok {
 		a.markReady()
-		return callFunc(a.ctx, f)
+		return callFunc(a, f)
 	}
 	t.armStartTimer(p, a)
-	err := callRun(a.ctx, p.value, a.callback)
-	if !a.isReady() && context.Cause(a.ctx) == ErrStartTimeout {
+	err := callRun(a, p.value, a.callback)
+	if !a.isReady() && context.Cause(a) == ErrStartTimeout {
 		return fmt.Errorf("%w after %v", ErrStartTimeout, t.cfg.startTimeout)
 	}
 	return err
@@ -270,7 +310,7 @@ func (a *attempt[K, P]) callback(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case <-a.stop:
-	case <-a.ctx.Done():
+	case <-a.Done():
 	}
 	return nil
 }
@@ -278,7 +318,7 @@ func (a *attempt[K, P]) callback(ctx context.Context) error {
 func (a *attempt[K, P]) markReady() {
 	t, p := a.t, a.p
 	t.mu.Lock()
-	if a.ready || a.ended || a.ctx.Err() != nil {
+	if a.ready || a.ended || a.Err() != nil {
 		t.mu.Unlock()
 		return
 	}
@@ -288,15 +328,15 @@ func (a *attempt[K, P]) markReady() {
 	}
 	a.settleLocked()
 	p.oneShot = false
-	if !a.stopAsked {
-		t.setStateLocked(p, ProcessRunning)
-	}
 	if p.unhealthy {
 		a.timers = append(a.timers, time.AfterFunc(t.cfg.healthyAfter, func() { t.markHealthy(a) }))
 	}
-	t.queueLocked(p, Event{Kind: EventReady})
-	t.mu.Unlock()
-	t.flush(p)
+	if a.stopAsked {
+		t.queueLocked(p, Event{Kind: EventReady})
+	} else {
+		t.transitionLocked(p, ProcessRunning, EventReady)
+	}
+	t.unlockAndFlush(p)
 }
 
 // markHealthy resets the backoff and the kernel's Consecutive count of a
@@ -340,8 +380,7 @@ func (a *attempt[K, P]) report(ctx context.Context, err error, msg any) Action {
 		a.decided, a.action = true, action
 	}
 	t.queueLocked(p, Event{Kind: EventFailed, Err: err, Action: action})
-	t.mu.Unlock()
-	t.flush(p)
+	t.unlockAndFlush(p)
 	if act {
 		a.cancel(errKilled)
 	}
@@ -354,6 +393,9 @@ func (t *tree[K, P]) afterExit(p *process[K, P], a *attempt[K, P], err error) *a
 	defer t.settle(a)
 	t.mu.Lock()
 	a.ended = true
+	if a.exited != nil {
+		close(a.exited)
+	}
 	if !a.ready {
 		a.startErr = err
 		if a.startErr == nil {
@@ -368,8 +410,7 @@ func (t *tree[K, P]) afterExit(p *process[K, P], a *attempt[K, P], err error) *a
 	}
 	p.att = nil
 	if !a.stopAsked && t.ctx.Err() != nil { // Run's ctx forced the stop
-		t.setStateLocked(p, ProcessStopping)
-		t.queueLocked(p, Event{Kind: EventStopping})
+		t.transitionLocked(p, ProcessStopping, EventStopping)
 	}
 	w, decided, action, wasReady := p.want, a.decided, a.action, a.ready
 	t.mu.Unlock()
@@ -395,7 +436,9 @@ func (t *tree[K, P]) afterExit(p *process[K, P], a *attempt[K, P], err error) *a
 func (a *attempt[K, P]) settleLocked() {
 	if !a.isSettled {
 		a.isSettled = true
-		close(a.settled)
+		if a.settled != nil {
+			close(a.settled)
+		}
 	}
 }
 
@@ -427,8 +470,7 @@ func (t *tree[K, P]) afterStop(p *process[K, P], err error, decided bool) *attem
 			t.setStateLocked(p, ProcessBackoff)
 		}
 		p.running = false
-		t.mu.Unlock()
-		t.flush(p)
+		t.unlockAndFlush(p)
 		return nil
 	}
 	t.mu.Unlock()
@@ -466,8 +508,7 @@ func (t *tree[K, P]) reportExit(p *process[K, P], err error) Action {
 	p.lastErr = err
 	p.unhealthy = true
 	t.queueLocked(p, Event{Kind: EventFailed, Err: err, Action: action})
-	t.mu.Unlock()
-	t.flush(p)
+	t.unlockAndFlush(p)
 	return action
 }
 
@@ -500,7 +541,7 @@ func (t *tree[K, P]) restart(p *process[K, P], a *attempt[K, P], action Action, 
 			t.mu.Unlock()
 			return t.end(p, EventAborted, err, true)
 		}
-		if t.intensity.add(time.Now()) {
+		if t.intensity.max > 0 && t.intensity.add(p.since) {
 			t.removeLocked(p)
 			p.running = false
 			t.mu.Unlock()
@@ -515,11 +556,10 @@ func (t *tree[K, P]) restart(p *process[K, P], a *attempt[K, P], action Action, 
 	}
 	t.setStateLocked(p, ProcessBackoff)
 	if delay > 0 {
-		t.queueLocked(p, Event{Kind: EventBackoff, Delay: delay})
+		p.events = append(p.events, Event{Kind: EventBackoff, Supervisor: t.cfg.name, Process: p.name, Time: p.since, Delay: delay})
 	}
 	a.settleLocked()
-	t.mu.Unlock()
-	t.flush(p)
+	t.unlockAndFlush(p)
 	if delay > 0 && !t.sleep(p, delay) {
 		return t.interrupted(p)
 	}
@@ -595,8 +635,7 @@ func (t *tree[K, P]) end(p *process[K, P], kind EventKind, err error, forGood bo
 	}
 	t.removeLocked(p)
 	p.running = false
-	t.mu.Unlock()
-	t.flush(p)
+	t.unlockAndFlush(p)
 	return nil
 }
 
@@ -605,8 +644,7 @@ func (t *tree[K, P]) discard(p *process[K, P]) {
 	t.mu.Lock()
 	t.queueLocked(p, Event{Kind: EventStopped})
 	t.removeLocked(p)
-	t.mu.Unlock()
-	t.flush(p)
+	t.unlockAndFlush(p)
 }
 
 func (t *tree[K, P]) removeLocked(p *process[K, P]) {
@@ -653,12 +691,12 @@ func (t *tree[K, P]) requestStopLocked(p *process[K, P], w want) bool {
 		return false
 	}
 	a.stopAsked = true
-	close(a.stop)
 	if a.direct {
 		a.cancel(errStopRequested)
+	} else {
+		close(a.stop)
 	}
-	t.setStateLocked(p, ProcessStopping)
-	t.queueLocked(p, Event{Kind: EventStopping})
+	t.transitionLocked(p, ProcessStopping, EventStopping)
 	return true
 }
 

@@ -234,8 +234,7 @@ func (t *tree[K, P]) requestStopTimedLocked(p *process[K, P], w want) {
 	if t.requestStopLocked(p, w) {
 		t.armStopTimersLocked(p.att)
 	}
-	t.mu.Unlock()
-	t.flush(p)
+	t.unlockAndFlush(p)
 }
 
 // awaitSettled waits until each attempt is ready or has ended, for at most
@@ -244,11 +243,17 @@ func (t *tree[K, P]) awaitSettled(started []*attempt[K, P]) {
 	if len(started) == 0 {
 		return
 	}
+	settled := make([]<-chan struct{}, len(started))
+	t.mu.Lock()
+	for i, a := range started {
+		settled[i] = a.settledChan()
+	}
+	t.mu.Unlock()
 	timer := time.NewTimer(t.cfg.startTimeout)
 	defer timer.Stop()
-	for _, a := range started {
+	for _, ch := range settled {
 		select {
-		case <-a.settled:
+		case <-ch:
 		case <-timer.C:
 			return
 		case <-t.ctx.Done():
@@ -285,7 +290,9 @@ func (t *tree[K, P]) startOne(k K, v P) (*attempt[K, P], error) {
 	delete(t.ended, k)
 	p := t.newProcessLocked(k, v)
 	p.oneShot = true
-	return t.spawnLocked(p), nil
+	a := t.spawnLocked(p)
+	a.settledChan()
+	return a, nil
 }
 
 // stopOne is Stop.
@@ -309,12 +316,12 @@ func (t *tree[K, P]) stopOne(ctx context.Context, k K) error {
 		return nil
 	}
 	t.requestStopLocked(p, wantStop)
-	a, wait, deciding := p.att, p.done, p.deciding
+	var wait <-chan struct{} = p.done
+	a, deciding := p.att, p.deciding
 	if a != nil {
-		wait = a.exited // its goroutine may still report the exit to the kernel
+		wait = a.exitedChan() // its goroutine may still report the exit to the kernel
 	}
-	t.mu.Unlock()
-	t.flush(p)
+	t.unlockAndFlush(p)
 	if a == nil && deciding {
 		return nil // it has returned; it ends once the kernel answered
 	}

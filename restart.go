@@ -190,12 +190,12 @@ func (t *tree[K, P]) groupRestart(failed *process[K, P]) {
 		}
 	}
 	for _, p := range members {
-		a := t.restartMember(p)
-		if a == nil {
+		settled := t.restartMember(p)
+		if settled == nil {
 			continue
 		}
 		select {
-		case <-a.settled:
+		case <-settled:
 		case <-t.shutdown:
 			return
 		}
@@ -229,15 +229,15 @@ func (t *tree[K, P]) stopForGroup(p *process[K, P]) bool {
 	}
 	t.requestStopLocked(p, wantGroup)
 	a, done := p.att, p.done
-	t.mu.Unlock()
-	t.flush(p)
+	t.unlockAndFlush(p)
 	_ = t.awaitStop(t.ctx, p, a, done) // a timeout is reported with EventStopTimeout
 	return !t.isStopping()
 }
 
 // restartMember starts p again as part of a group restart, unless it was
-// stopped, replaced or removed meanwhile, or its row is gone.
-func (t *tree[K, P]) restartMember(p *process[K, P]) *attempt[K, P] {
+// stopped, replaced or removed meanwhile, or its row is gone. It returns
+// a channel closed once the new attempt is ready or failed its start.
+func (t *tree[K, P]) restartMember(p *process[K, P]) <-chan struct{} {
 	v, err := t.table.Get(t.ctx, p.key)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		t.tableError(fmt.Errorf("read row %v before restart (restarting the previous value): %w", p.name, err))
@@ -258,7 +258,7 @@ func (t *tree[K, P]) restartMember(p *process[K, P]) *attempt[K, P] {
 	p.want = wantRun
 	p.restarts++
 	t.queueLocked(p, Event{Kind: EventRestarting})
-	a := t.spawnLocked(p)
+	settled := t.spawnLocked(p).settledChan()
 	t.mu.Unlock()
-	return a
+	return settled
 }
