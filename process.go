@@ -52,6 +52,8 @@ type process[K comparable, P Runnable] struct {
 	wake       chan struct{}   // interrupts a backoff wait (capacity 1)
 	oneShot    bool            // started by Start: a failed start is not retried
 	queued     bool            // waits in the group restart queue
+	parked     bool            // stopped for a group restart, waiting for it
+	rejoin     bool            // the group restart passed it while it was stopping: restart it once it is down
 	delay      time.Duration   // queued: the restart delay
 	bo         backoff.BackOff // created at the first failure
 	startTimer *time.Timer     // fails unready attempts; one per process
@@ -139,6 +141,7 @@ type tree[K comparable, P Runnable] struct {
 	groupQueue  []*process[K, P]
 	groupSignal chan struct{}
 	groupDone   chan struct{}
+	lives       map[chan struct{}]*process[K, P] // goroutines running processes, by done channel
 
 	shutdown chan struct{} // closed when stopAll begins
 	gaveUp   chan struct{} // closed when the intensity was exceeded
@@ -150,6 +153,7 @@ func newTree[K comparable, P Runnable](ctx context.Context, s *Supervisor[K, P],
 	t := &tree[K, P]{
 		s: s, cfg: cfg, table: s.table, ctx: ctx,
 		procs:       map[K]*process[K, P]{},
+		lives:       map[chan struct{}]*process[K, P]{},
 		ended:       map[K]uint64{},
 		intensity:   intensity{max: cfg.maxRestarts, period: cfg.period},
 		groupSignal: make(chan struct{}, 1),
@@ -201,7 +205,9 @@ func (t *tree[K, P]) spawnLocked(p *process[K, P]) *attempt[K, P] {
 	a := t.newAttemptLocked(p)
 	p.running = true
 	p.queued = false
+	p.parked = false
 	p.done = make(chan struct{})
+	t.lives[p.done] = p
 	go t.live(p, a, p.done)
 	return a
 }
@@ -231,7 +237,12 @@ func (t *tree[K, P]) transitionLocked(p *process[K, P], s ProcessState, kind Eve
 
 // live runs p until it ends for good or leaves it to a group restart.
 func (t *tree[K, P]) live(p *process[K, P], a *attempt[K, P], done chan struct{}) {
-	defer close(done)
+	defer func() {
+		t.mu.Lock()
+		delete(t.lives, done)
+		t.mu.Unlock()
+		close(done)
+	}()
 	for a != nil {
 		err := t.runAttempt(p, a)
 		a = t.afterExit(p, a, err)
@@ -295,10 +306,9 @@ func (t *tree[K, P]) armStartTimer(p *process[K, P], a *attempt[K, P]) {
 
 func (t *tree[K, P]) startTimedOut(p *process[K, P]) {
 	t.mu.Lock()
+	defer t.mu.Unlock() // markReady decides under it too: ready or timed out, never both
 	a := p.att
-	late := a != nil && !a.ready && !a.startDeadline.IsZero() && !time.Now().Before(a.startDeadline)
-	t.mu.Unlock()
-	if late {
+	if a != nil && !a.ready && !a.startDeadline.IsZero() && !time.Now().Before(a.startDeadline) {
 		a.cancel(ErrStartTimeout)
 	}
 }
@@ -463,18 +473,34 @@ func (t *tree[K, P]) afterStop(p *process[K, P], err error, decided bool) *attem
 	t.mu.Lock()
 	if p.want == wantGroup && !t.stopping {
 		t.queueLocked(p, Event{Kind: EventStopped, Err: err})
-		if p.policy == Temporary { // a Temporary sibling is not restarted
-			t.ended[p.key] = t.scans
-			t.removeLocked(p)
-		} else {
-			t.setStateLocked(p, ProcessBackoff)
-		}
-		p.running = false
+		next := t.parkLocked(p)
 		t.unlockAndFlush(p)
-		return nil
+		return next
 	}
 	t.mu.Unlock()
 	return t.end(p, EventStopped, err, false)
+}
+
+// parkLocked leaves p down for the group restart under way, or starts it
+// again at once when that restart has already passed it (p returned late);
+// t.mu held. A Temporary sibling is not restarted: it ends for good.
+func (t *tree[K, P]) parkLocked(p *process[K, P]) *attempt[K, P] {
+	switch {
+	case p.policy == Temporary:
+		t.ended[p.key] = t.scans
+		t.removeLocked(p)
+	case p.rejoin:
+		p.rejoin = false
+		p.want = wantRun
+		p.restarts++
+		t.queueLocked(p, Event{Kind: EventRestarting})
+		return t.newAttemptLocked(p)
+	default:
+		t.setStateLocked(p, ProcessBackoff)
+		p.parked = true
+	}
+	p.running = false
+	return nil
 }
 
 // replaceLocked turns p into a fresh process of the value its row was put
@@ -523,6 +549,11 @@ func (t *tree[K, P]) restart(p *process[K, P], a *attempt[K, P], action Action, 
 		return t.end(p, EventStopped, nil, true)
 	}
 	t.mu.Lock()
+	if p.want == wantGroup && !t.stopping { // a sibling's group restart took it
+		next := t.parkLocked(p)
+		t.unlockAndFlush(p)
+		return next
+	}
 	if p.want != wantRun || t.stopping { // stopped or put again since it exited
 		t.mu.Unlock()
 		return t.interrupted(p)
@@ -640,9 +671,12 @@ func (t *tree[K, P]) end(p *process[K, P], kind EventKind, err error, forGood bo
 }
 
 // discard ends p, which has no goroutine (it waits for a group restart).
+// A parked process has had its EventStopped already.
 func (t *tree[K, P]) discard(p *process[K, P]) {
 	t.mu.Lock()
-	t.queueLocked(p, Event{Kind: EventStopped})
+	if !p.parked {
+		t.queueLocked(p, Event{Kind: EventStopped})
+	}
 	t.removeLocked(p)
 	t.unlockAndFlush(p)
 }
@@ -687,7 +721,13 @@ func (t *tree[K, P]) requestStopLocked(p *process[K, P], w want) bool {
 	default:
 	}
 	a := p.att
-	if a == nil || a.stopAsked {
+	if a == nil { // backing off, or its exit is with the kernel
+		if p.state != ProcessStopping {
+			t.transitionLocked(p, ProcessStopping, EventStopping)
+		}
+		return false
+	}
+	if a.stopAsked {
 		return false
 	}
 	a.stopAsked = true

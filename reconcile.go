@@ -310,7 +310,9 @@ func (t *tree[K, P]) stopOne(ctx context.Context, k K) error {
 	t.ended[k] = t.scans
 	if !p.running {
 		p.want = wantStop
-		t.queueLocked(p, Event{Kind: EventStopping})
+		if !p.parked {
+			t.queueLocked(p, Event{Kind: EventStopping})
+		}
 		t.mu.Unlock()
 		t.discard(p)
 		return nil
@@ -342,16 +344,26 @@ func (t *tree[K, P]) stopAll() {
 		t.stopping = true
 		close(t.shutdown)
 		procs := t.inStartOrderLocked()
-		waits := make([]stopWait[K, P], 0, len(procs))
 		for i := len(procs) - 1; i >= 0; i-- {
 			p := procs[i]
 			if p.running {
 				t.requestStopLocked(p, wantStop)
-				waits = append(waits, stopWait[K, P]{p: p, a: p.att, done: p.done})
-			} else { // waiting for a group restart
-				t.removeLocked(p)
+				continue
+			}
+			t.removeLocked(p) // waiting for a group restart
+			if !p.parked {
 				t.queueLocked(p, Event{Kind: EventStopped})
 			}
+		}
+		// Wait for every goroutine, including those of processes that
+		// already ended and are delivering their last events.
+		waits := make([]stopWait[K, P], 0, len(t.lives))
+		for done, p := range t.lives {
+			w := stopWait[K, P]{p: p, done: done}
+			if p.done == done {
+				w.a = p.att
+			}
+			waits = append(waits, w)
 		}
 		t.mu.Unlock()
 		for _, p := range procs {

@@ -228,9 +228,15 @@ func (t *tree[K, P]) stopForGroup(p *process[K, P]) bool {
 		return true
 	}
 	t.requestStopLocked(p, wantGroup)
-	a, done := p.att, p.done
+	a := p.att
+	var returned <-chan struct{}
+	if a != nil {
+		returned = a.exitedChan()
+	}
 	t.unlockAndFlush(p)
-	_ = t.awaitStop(t.ctx, p, a, done) // a timeout is reported with EventStopTimeout
+	if a != nil { // else it has returned and its exit is with the kernel
+		_ = t.awaitStop(t.ctx, p, a, returned) // a timeout is reported with EventStopTimeout
+	}
 	return !t.isStopping()
 }
 
@@ -243,7 +249,14 @@ func (t *tree[K, P]) restartMember(p *process[K, P]) <-chan struct{} {
 		t.tableError(fmt.Errorf("read row %v before restart (restarting the previous value): %w", p.name, err))
 	}
 	t.mu.Lock()
-	if t.stopping || p.running || t.procs[p.key] != p || p.want == wantStop {
+	if t.stopping || t.procs[p.key] != p || p.want == wantStop {
+		t.mu.Unlock()
+		return nil
+	}
+	if p.running { // not down yet: it restarts itself once it is
+		if p.want == wantGroup {
+			p.rejoin = true
+		}
 		t.mu.Unlock()
 		return nil
 	}
