@@ -484,7 +484,7 @@ func TestAbortAfterAbortsOnceTooManyFailuresWithinWindowPerProcess(t *testing.T)
 				})
 				start := time.Now()
 				for i, s := range tt.steps {
-					time.Sleep(start.Add(s.at).Sub(time.Now()))
+					time.Sleep(time.Until(start.Add(s.at)))
 					// An exit: DefaultPolicy would say Kill, so Continue is next's answer.
 					got := k.Report(context.Background(), supervisor.Failure{Process: s.process, Err: errors.New("x"), Exited: true})
 					require.Equal(t, s.want, got, "step %d: %s at %v", i, s.process, s.at)
