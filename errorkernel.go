@@ -119,8 +119,9 @@ func AbortAfter(n int, window time.Duration, next Policy) Policy {
 // skipped by moving a head index, and the array is compacted only once
 // half of it is dead.
 type slidingWindow struct {
-	limit int         // most events kept; counts saturate at it
-	times []time.Time // oldest first, from head on
+	limit int             // most events kept; counts saturate at it
+	base  time.Time       // the first event: times are kept as offsets from it
+	times []time.Duration // oldest first, from head on; no pointers for the GC
 	head  int
 }
 
@@ -130,8 +131,12 @@ const maxRecent = 1 << 14
 // add records an event at now, forgets the ones not within window before
 // it, and returns how many remain (now's included).
 func (w *slidingWindow) add(now time.Time, window time.Duration) int {
-	cutoff := now.Add(-window)
-	for w.head < len(w.times) && !w.times[w.head].After(cutoff) {
+	if w.base.IsZero() {
+		w.base = now
+	}
+	at := now.Sub(w.base)
+	cutoff := at - window
+	for w.head < len(w.times) && w.times[w.head] <= cutoff {
 		w.head++
 	}
 	if w.head > 32 && w.head > len(w.times)/2 {
@@ -141,15 +146,15 @@ func (w *slidingWindow) add(now time.Time, window time.Duration) int {
 	if len(w.times)-w.head >= w.limit {
 		w.head++ // forget the oldest: the count saturates
 	}
-	w.times = append(w.times, now)
+	w.times = append(w.times, at)
 	return len(w.times) - w.head
 }
 
 // count returns how many events are within window before now.
 func (w *slidingWindow) count(now time.Time, window time.Duration) int {
 	live := w.times[w.head:]
-	cutoff := now.Add(-window)
-	return len(live) - sort.Search(len(live), func(i int) bool { return live[i].After(cutoff) })
+	cutoff := now.Sub(w.base) - window
+	return len(live) - sort.Search(len(live), func(i int) bool { return live[i] > cutoff })
 }
 
 // KernelOptions configures an ErrorKernel. The zero value is usable.
@@ -376,12 +381,14 @@ type reporter interface {
 // errNilReport stands for the nil error of a Report call.
 var errNilReport = errors.New("supervisor: Report called with a nil error")
 
-// Report, called with the context of a supervised process, module worker,
-// service worker or task, sends err — raised while handling msg, which may
-// be nil — to that process's kernel and blocks until it replies. On Kill or
+// Report sends err — raised while handling msg, which may be nil — to the
+// kernel of the process whose context ctx is (a supervised process, module
+// worker, service worker or task) and blocks until it replies. On Kill or
 // Abort the process's context is already cancelled when Report returns:
-// return promptly. Outside a supervised process it logs err (to
-// slog.Default()) and returns Continue.
+// return promptly. If ctx is done, the kernel answers Abort and the process
+// is left alone. Outside a supervised process Report logs err (to
+// slog.Default()) and returns Continue; a nil err is reported as an error
+// saying so.
 func Report(ctx context.Context, err error, msg any) Action {
 	if err == nil {
 		err = errNilReport
