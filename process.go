@@ -556,7 +556,7 @@ func (t *tree[K, P]) restart(p *process[K, P], a *attempt[K, P], action Action, 
 	}
 	if p.want != wantRun || t.stopping { // stopped or put again since it exited
 		t.mu.Unlock()
-		return t.interrupted(p)
+		return t.end(p, EventStopped, nil, false) // stopped, or put again
 	}
 	if p.oneShot && !wasReady { // a failed Start leaves nothing running
 		t.mu.Unlock()
@@ -592,7 +592,7 @@ func (t *tree[K, P]) restart(p *process[K, P], a *attempt[K, P], action Action, 
 	a.settleLocked()
 	t.unlockAndFlush(p)
 	if delay > 0 && !t.sleep(p, delay) {
-		return t.interrupted(p)
+		return t.end(p, EventStopped, nil, false) // stopped, or put again
 	}
 	return t.restartAttempt(p)
 }
@@ -621,11 +621,6 @@ func (t *tree[K, P]) sleep(p *process[K, P], d time.Duration) bool {
 	}
 }
 
-// interrupted handles a restart cut short by a stop or a replacement.
-func (t *tree[K, P]) interrupted(p *process[K, P]) *attempt[K, P] {
-	return t.end(p, EventStopped, nil, false)
-}
-
 // restartAttempt reads p's row again and starts its next attempt, unless
 // the row is gone.
 func (t *tree[K, P]) restartAttempt(p *process[K, P]) *attempt[K, P] {
@@ -639,7 +634,7 @@ func (t *tree[K, P]) restartAttempt(p *process[K, P]) *attempt[K, P] {
 	t.mu.Lock()
 	if p.want != wantRun || t.stopping {
 		t.mu.Unlock()
-		return t.interrupted(p)
+		return t.end(p, EventStopped, nil, false) // stopped, or put again
 	}
 	if err == nil {
 		p.value = v
