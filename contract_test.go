@@ -3,7 +3,6 @@ package supervisor_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -19,150 +18,6 @@ import (
 // test files leave out, and races between a process's exit, Stop, table
 // changes, group restarts and the final stop.
 
-// contractRecorder records every Event a supervisor delivers.
-type contractRecorder struct {
-	mu     sync.Mutex
-	events []supervisor.Event
-}
-
-func (r *contractRecorder) record(e supervisor.Event) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.events = append(r.events, e)
-}
-
-// about returns the events about process, in order.
-func (r *contractRecorder) about(process string) []supervisor.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var events []supervisor.Event
-	for _, e := range r.events {
-		if e.Process == process {
-			events = append(events, e)
-		}
-	}
-	return events
-}
-
-// kinds returns the kinds of the events about process, in order.
-func (r *contractRecorder) kinds(process string) []supervisor.EventKind {
-	var kinds []supervisor.EventKind
-	for _, e := range r.about(process) {
-		kinds = append(kinds, e.Kind)
-	}
-	return kinds
-}
-
-// of returns the events of kind, about any process, in order.
-func (r *contractRecorder) of(kind supervisor.EventKind) []supervisor.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var events []supervisor.Event
-	for _, e := range r.events {
-		if e.Kind == kind {
-			events = append(events, e)
-		}
-	}
-	return events
-}
-
-// contractProc is a process whose n-th run (from 1) is life(ctx, n), run
-// as a RunnableFunc; a nil life serves until its ctx is done. It counts
-// its runs, the runs still active and when each run started.
-type contractProc struct {
-	life func(ctx context.Context, run int) error
-
-	mu     sync.Mutex
-	runs   int
-	active int
-	starts []time.Time
-}
-
-func (p *contractProc) Run(ctx context.Context, callback supervisor.Callback) error {
-	p.mu.Lock()
-	p.runs++
-	p.active++
-	p.starts = append(p.starts, time.Now())
-	run := p.runs
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		p.active--
-		p.mu.Unlock()
-	}()
-	return supervisor.RunnableFunc(func(ctx context.Context) error {
-		if p.life == nil {
-			<-ctx.Done()
-			return nil
-		}
-		return p.life(ctx, run)
-	}).Run(ctx, callback)
-}
-
-// counts returns how many times the process ran and how many runs are
-// still active.
-func (p *contractProc) counts() (runs, active int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.runs, p.active
-}
-
-// startTimes returns when each run started.
-func (p *contractProc) startTimes() []time.Time {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]time.Time(nil), p.starts...)
-}
-
-// contractService is a custom Runnable: its function gets the callback and
-// decides when the process is ready.
-type contractService func(ctx context.Context, callback supervisor.Callback) error
-
-func (f contractService) Run(ctx context.Context, callback supervisor.Callback) error {
-	return f(ctx, callback)
-}
-
-// contractServe serves until ctx is done.
-func contractServe(ctx context.Context) error {
-	<-ctx.Done()
-	return nil
-}
-
-// contractFailRuns fails the runs listed in fails (by run number) with
-// their error after d; the other runs serve.
-func contractFailRuns(d time.Duration, fails map[int]error) func(ctx context.Context, run int) error {
-	return func(ctx context.Context, run int) error {
-		err, ok := fails[run]
-		if !ok {
-			return contractServe(ctx)
-		}
-		select {
-		case <-time.After(d):
-			return err
-		case <-ctx.Done():
-			return nil
-		}
-	}
-}
-
-func contractLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-// contractKernel returns a quiet kernel with policy (nil: DefaultPolicy).
-func contractKernel(policy supervisor.Policy) *supervisor.ErrorKernel {
-	return supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: contractLogger(), Policy: policy})
-}
-
-// contractOptions returns quiet options with a private quiet kernel that
-// record events into rec.
-func contractOptions(rec *contractRecorder) supervisor.Options {
-	return supervisor.Options{Logger: contractLogger(), Kernel: contractKernel(nil), OnEvent: rec.record}
-}
-
-// contractConstantBackoff makes every restart delay d.
-func contractConstantBackoff(d time.Duration) func() backoff.BackOff {
-	return func() backoff.BackOff { return backoff.NewConstantBackOff(d) }
-}
-
 // contractStepBackoff answers 1×step, 2×step, 3×step... and starts over
 // when reset.
 type contractStepBackoff struct {
@@ -177,74 +32,20 @@ func (b *contractStepBackoff) NextBackOff() time.Duration {
 
 func (b *contractStepBackoff) Reset() { b.n = 0 }
 
-// contractScanOnly hides the Watcher of a MapTable: the supervisor sees its
-// changes at scans only.
-type contractScanOnly[K comparable, V any] struct {
-	rows *supervisor.MapTable[K, V]
+// contractSuperviseP runs a supervisor of the one row "p" holding proc,
+// with kernel and a restart delay of 1s, that records its events into rec.
+func contractSuperviseP(t *testing.T, proc *fakeProc, kernel *supervisor.ErrorKernel) (rec *recorder, sup *supervisor.Supervisor[string, *fakeProc], run *backgroundRun) {
+	rows := supervisor.NewMapTable[string, *fakeProc]()
+	rows.Put("p", proc)
+	rec = &recorder{}
+	opts := quietOptions("", rec)
+	opts.Kernel = kernel
+	opts.Backoff = constantBackoff(time.Second)
+	sup = supervisor.NewSupervisor(rows, opts)
+	return rec, sup, startRun(t, sup)
 }
 
-func (t contractScanOnly[K, V]) Get(ctx context.Context, key K) (V, error) {
-	return t.rows.Get(ctx, key)
-}
-
-func (t contractScanOnly[K, V]) Iter(ctx context.Context) (supervisor.Iterator[K, V], error) {
-	return t.rows.Iter(ctx)
-}
-
-// contractRun is a Run in the background, with a nil callback.
-type contractRun struct {
-	cancel context.CancelFunc
-	done   chan error
-	once   sync.Once
-	err    error
-}
-
-// contractStart runs sup until stop (or the test's cleanup) and lets its
-// first start settle.
-func contractStart[K comparable, P supervisor.Runnable](t *testing.T, sup *supervisor.Supervisor[K, P]) *contractRun {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &contractRun{cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- sup.Run(ctx, nil) }()
-	t.Cleanup(func() { _ = r.stop() })
-	synctest.Wait()
-	return r
-}
-
-// stop cancels Run's ctx and returns Run's error.
-func (r *contractRun) stop() error {
-	r.once.Do(func() {
-		r.cancel()
-		r.err = <-r.done
-	})
-	return r.err
-}
-
-// returned reports whether Run has returned, without waiting.
-func (r *contractRun) returned() bool {
-	select {
-	case err := <-r.done:
-		r.done <- err
-		return true
-	default:
-		return false
-	}
-}
-
-// contractStatus returns the status of key, and whether there is one.
-func contractStatus[K comparable, P supervisor.Runnable](sup *supervisor.Supervisor[K, P], key K) (supervisor.ProcessStatus[K], bool) {
-	for _, st := range sup.Status() {
-		if st.Key == key {
-			return st, true
-		}
-	}
-	return supervisor.ProcessStatus[K]{}, false
-}
-
-var (
-	errContractBoom     = errors.New("boom")
-	errContractContinue = errors.New("transient glitch")
-)
+var errContractContinue = errors.New("transient glitch")
 
 // Report (DESIGN.md "Error kernel").
 
@@ -255,9 +56,9 @@ func TestReportWithDoneContextAnswersAbortToItsCallerOnly(t *testing.T) {
 		answered := make(chan supervisor.Action, 1)
 		exit := make(chan struct{})
 		firstCtx := make(chan context.Context, 1)
-		proc := &contractProc{life: func(ctx context.Context, run int) error {
+		proc := &fakeProc{life: func(ctx context.Context, run int) error {
 			if run > 1 {
-				return contractServe(ctx)
+				return serve(ctx)
 			}
 			firstCtx <- ctx
 			reportCtx, cancel := context.WithCancel(ctx)
@@ -270,17 +71,10 @@ func TestReportWithDoneContextAnswersAbortToItsCallerOnly(t *testing.T) {
 				return nil
 			}
 		}}
-		kernel := contractKernel(func(context.Context, supervisor.Failure) supervisor.Action {
+		kernel := quietKernel(func(context.Context, supervisor.Failure) supervisor.Action {
 			return supervisor.Kill // whatever the policy says
 		})
-		rows := supervisor.NewMapTable[string, *contractProc]()
-		rows.Put("p", proc)
-		rec := &contractRecorder{}
-		opts := contractOptions(rec)
-		opts.Kernel = kernel
-		opts.Backoff = contractConstantBackoff(time.Second)
-		sup := supervisor.NewSupervisor(rows, opts)
-		run := contractStart(t, sup)
+		rec, sup, run := contractSuperviseP(t, proc, kernel)
 
 		require.Equal(t, supervisor.Abort, <-answered)
 		synctest.Wait()
@@ -325,9 +119,9 @@ func TestReportWithNilErrorIsDecidedAndActedOn(t *testing.T) {
 			ctxErr error // the process's ctx right after Report returned
 		}
 		reports := make(chan reported, 1)
-		proc := &contractProc{life: func(ctx context.Context, run int) error {
+		proc := &fakeProc{life: func(ctx context.Context, run int) error {
 			if run > 1 {
-				return contractServe(ctx)
+				return serve(ctx)
 			}
 			var action supervisor.Action
 			func() {
@@ -342,15 +136,8 @@ func TestReportWithNilErrorIsDecidedAndActedOn(t *testing.T) {
 			<-ctx.Done()
 			return ctx.Err()
 		}}
-		kernel := contractKernel(func(context.Context, supervisor.Failure) supervisor.Action { return supervisor.Kill })
-		rows := supervisor.NewMapTable[string, *contractProc]()
-		rows.Put("p", proc)
-		rec := &contractRecorder{}
-		opts := contractOptions(rec)
-		opts.Kernel = kernel
-		opts.Backoff = contractConstantBackoff(time.Second)
-		sup := supervisor.NewSupervisor(rows, opts)
-		run := contractStart(t, sup)
+		kernel := quietKernel(func(context.Context, supervisor.Failure) supervisor.Action { return supervisor.Kill })
+		rec, _, run := contractSuperviseP(t, proc, kernel)
 
 		got := <-reports
 		require.Equal(t, supervisor.Kill, got.action, "decided, no panic")
@@ -382,32 +169,32 @@ func TestOnEventMayCallStatusKeysAndGetWithoutDeadlock(t *testing.T) {
 		t.Run(strategy.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				var (
-					sup   *supervisor.Supervisor[string, *contractProc]
+					sup   *supervisor.Supervisor[string, *fakeProc]
 					mu    sync.Mutex
 					kinds = map[supervisor.EventKind]int{}
 				)
-				rows := supervisor.NewMapTable[string, *contractProc]()
+				rows := supervisor.NewMapTable[string, *fakeProc]()
 				for _, k := range []string{"a", "b", "c", "d", "e"} {
-					rows.Put(k, &contractProc{})
+					rows.Put(k, &fakeProc{})
 				}
-				rows.Put("flaky", &contractProc{life: func(ctx context.Context, run int) error {
+				rows.Put("flaky", &fakeProc{life: func(ctx context.Context, run int) error {
 					select {
 					case <-time.After(3 * time.Second):
-						return errContractBoom
+						return errBoom
 					case <-ctx.Done():
 						return nil
 					}
 				}})
-				rows.Put("stubborn", &contractProc{life: func(ctx context.Context, run int) error {
+				rows.Put("stubborn", &fakeProc{life: func(ctx context.Context, run int) error {
 					<-ctx.Done()
 					time.Sleep(time.Minute) // past both stop timeouts
 					return nil
 				}})
 				opts := supervisor.Options{
-					Logger:       contractLogger(),
-					Kernel:       contractKernel(nil),
+					Logger:       quietLogger(),
+					Kernel:       quietKernel(nil),
 					Strategy:     strategy,
-					Backoff:      contractConstantBackoff(time.Second),
+					Backoff:      constantBackoff(time.Second),
 					StopTimeout:  time.Second,
 					ScanInterval: 2 * time.Second,
 					OnEvent: func(e supervisor.Event) {
@@ -422,13 +209,13 @@ func TestOnEventMayCallStatusKeysAndGetWithoutDeadlock(t *testing.T) {
 					},
 				}
 				sup = supervisor.NewSupervisor(rows, opts)
-				run := contractStart(t, sup)
+				run := startRun(t, sup)
 
 				time.Sleep(10 * time.Second) // restarts
 				require.NoError(t, sup.Stop(t.Context(), "a"))
 				rows.Delete("b")
-				rows.Put("c", &contractProc{})
-				rows.Put("f", &contractProc{})
+				rows.Put("c", &fakeProc{})
+				rows.Put("f", &fakeProc{})
 				time.Sleep(10 * time.Second)
 				require.NoError(t, run.stop())
 				require.Nil(t, sup.Status())
@@ -454,19 +241,19 @@ func TestSupervisorStartOfKeyWaitingForRestartReturnsErrProcessExists(t *testing
 	for _, strategy := range []supervisor.Strategy{supervisor.OneForOne, supervisor.OneForAll, supervisor.RestForOne} {
 		t.Run(strategy.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				failing := &contractProc{life: contractFailRuns(time.Second, map[int]error{1: errContractBoom})}
-				rows := supervisor.NewMapTable[string, *contractProc]()
+				failing := &fakeProc{life: failRuns(time.Second, map[int]error{1: errBoom})}
+				rows := supervisor.NewMapTable[string, *fakeProc]()
 				rows.Put("failing", failing)
-				rows.Put("sibling", &contractProc{})
-				opts := contractOptions(&contractRecorder{})
+				rows.Put("sibling", &fakeProc{})
+				opts := quietOptions("", &recorder{})
 				opts.Strategy = strategy
-				opts.Backoff = contractConstantBackoff(10 * time.Second)
+				opts.Backoff = constantBackoff(10 * time.Second)
 				sup := supervisor.NewSupervisor(rows, opts)
-				run := contractStart(t, sup)
+				run := startRun(t, sup)
 
 				time.Sleep(2 * time.Second) // failed at 1s, restarts at 11s
 				synctest.Wait()
-				st, ok := contractStatus(sup, "failing")
+				st, ok := findStatus(sup.Status(), "failing")
 				require.True(t, ok)
 				require.Equal(t, supervisor.ProcessBackoff, st.State)
 				_, err := sup.Start(t.Context(), "failing")
@@ -490,26 +277,19 @@ func TestSupervisorGetOfSiblingDownForGroupRestartReturnsErrProcessNotRunning(t 
 	for _, strategy := range []supervisor.Strategy{supervisor.OneForAll, supervisor.RestForOne} {
 		t.Run(strategy.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				procs := map[string]*contractProc{
-					"a": {},
-					"b": {life: contractFailRuns(time.Second, map[int]error{1: errContractBoom})},
-					"c": {},
-				}
-				rows := supervisor.NewMapTable[string, *contractProc]()
-				for _, k := range []string{"a", "b", "c"} {
-					rows.Put(k, procs[k])
-				}
-				opts := contractOptions(&contractRecorder{})
+				procs := failingSiblings()
+				rows := procTable(procs, "a", "b", "c")
+				opts := quietOptions("", &recorder{})
 				opts.Strategy = strategy
-				opts.Backoff = contractConstantBackoff(10 * time.Second)
+				opts.Backoff = constantBackoff(10 * time.Second)
 				sup := supervisor.NewSupervisor(rows, opts)
-				run := contractStart(t, sup)
+				run := startRun(t, sup)
 
 				time.Sleep(2 * time.Second) // b failed at 1s, the group restarts at 11s
 				synctest.Wait()
 				_, err := sup.Get(t.Context(), "c")
 				require.ErrorIs(t, err, supervisor.ErrProcessNotRunning, "c is down for b's group restart")
-				st, ok := contractStatus(sup, "c")
+				st, ok := findStatus(sup.Status(), "c")
 				require.True(t, ok)
 				require.Equal(t, supervisor.ProcessBackoff, st.State)
 				_, err = sup.Get(t.Context(), "b")
@@ -539,14 +319,14 @@ func TestSupervisorGetOfSiblingDownForGroupRestartReturnsErrProcessNotRunning(t 
 func TestSupervisorGetOfProcessBeingStoppedForGoodReturnsErrProcessNotFound(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		stop func(t *testing.T, sup *supervisor.Supervisor[string, *contractProc], rows *supervisor.MapTable[string, *contractProc]) <-chan error
+		stop func(t *testing.T, sup *supervisor.Supervisor[string, *fakeProc], rows *supervisor.MapTable[string, *fakeProc]) <-chan error
 	}{
-		{"Stop", func(t *testing.T, sup *supervisor.Supervisor[string, *contractProc], _ *supervisor.MapTable[string, *contractProc]) <-chan error {
+		{"Stop", func(t *testing.T, sup *supervisor.Supervisor[string, *fakeProc], _ *supervisor.MapTable[string, *fakeProc]) <-chan error {
 			stopped := make(chan error, 1)
 			go func() { stopped <- sup.Stop(context.Background(), "slow") }()
 			return stopped
 		}},
-		{"row deleted", func(t *testing.T, _ *supervisor.Supervisor[string, *contractProc], rows *supervisor.MapTable[string, *contractProc]) <-chan error {
+		{"row deleted", func(t *testing.T, _ *supervisor.Supervisor[string, *fakeProc], rows *supervisor.MapTable[string, *fakeProc]) <-chan error {
 			require.True(t, rows.Delete("slow"))
 			stopped := make(chan error, 1)
 			stopped <- nil
@@ -555,17 +335,17 @@ func TestSupervisorGetOfProcessBeingStoppedForGoodReturnsErrProcessNotFound(t *t
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				slow := &contractProc{life: func(ctx context.Context, run int) error {
+				slow := &fakeProc{life: func(ctx context.Context, run int) error {
 					<-ctx.Done()
 					time.Sleep(3 * time.Second) // a graceful stop that takes a while
 					return nil
 				}}
-				rows := supervisor.NewMapTable[string, *contractProc]()
-				rows.Put("other", &contractProc{})
+				rows := supervisor.NewMapTable[string, *fakeProc]()
+				rows.Put("other", &fakeProc{})
 				rows.Put("slow", slow)
-				rec := &contractRecorder{}
-				sup := supervisor.NewSupervisor(rows, contractOptions(rec))
-				run := contractStart(t, sup)
+				rec := &recorder{}
+				sup := supervisor.NewSupervisor(rows, quietOptions("", rec))
+				run := startRun(t, sup)
 
 				stopped := tc.stop(t, sup, rows)
 				time.Sleep(time.Second)
@@ -573,7 +353,7 @@ func TestSupervisorGetOfProcessBeingStoppedForGoodReturnsErrProcessNotFound(t *t
 				_, err := sup.Get(t.Context(), "slow")
 				require.ErrorIs(t, err, supervisor.ErrProcessNotFound)
 				require.Equal(t, []string{"other"}, sup.Keys())
-				st, ok := contractStatus(sup, "slow")
+				st, ok := findStatus(sup.Status(), "slow")
 				require.True(t, ok, "Status includes the processes being stopped")
 				require.Equal(t, supervisor.ProcessStopping, st.State)
 				_, active := slow.counts()
@@ -582,7 +362,7 @@ func TestSupervisorGetOfProcessBeingStoppedForGoodReturnsErrProcessNotFound(t *t
 				require.NoError(t, <-stopped)
 				time.Sleep(3 * time.Second)
 				synctest.Wait()
-				_, ok = contractStatus(sup, "slow")
+				_, ok = findStatus(sup.Status(), "slow")
 				require.False(t, ok)
 				_, err = sup.Get(t.Context(), "slow")
 				require.ErrorIs(t, err, supervisor.ErrProcessNotFound)
@@ -603,18 +383,18 @@ func TestSupervisorStopOfProcessInBackoffReturnsAtOnceAndItIsNotRestarted(t *tes
 	for _, strategy := range []supervisor.Strategy{supervisor.OneForOne, supervisor.OneForAll, supervisor.RestForOne} {
 		t.Run(strategy.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				failing := &contractProc{life: contractFailRuns(time.Second, map[int]error{1: errContractBoom})}
-				sibling := &contractProc{}
-				rows := supervisor.NewMapTable[string, *contractProc]()
+				failing := &fakeProc{life: failRuns(time.Second, map[int]error{1: errBoom})}
+				sibling := &fakeProc{}
+				rows := supervisor.NewMapTable[string, *fakeProc]()
 				rows.Put("failing", failing)
 				rows.Put("sibling", sibling)
-				rec := &contractRecorder{}
-				opts := contractOptions(rec)
+				rec := &recorder{}
+				opts := quietOptions("", rec)
 				opts.Strategy = strategy
-				opts.Backoff = contractConstantBackoff(10 * time.Second)
+				opts.Backoff = constantBackoff(10 * time.Second)
 				opts.ScanInterval = time.Second
 				sup := supervisor.NewSupervisor(rows, opts)
-				run := contractStart(t, sup)
+				run := startRun(t, sup)
 
 				time.Sleep(2 * time.Second) // failed at 1s, restarts at 11s
 				synctest.Wait()
@@ -648,48 +428,48 @@ func TestSupervisorStoppedProcessStartsAgainOnlyWhenItsRowIsPutAgainOrComesBack(
 	for _, tc := range []struct {
 		name     string
 		watched  bool
-		change   func(rows *supervisor.MapTable[string, *contractProc], p *contractProc)
+		change   func(rows *supervisor.MapTable[string, *fakeProc], p *fakeProc)
 		wantRuns int
 	}{
-		{"watched: put again", true, func(rows *supervisor.MapTable[string, *contractProc], p *contractProc) {
+		{"watched: put again", true, func(rows *supervisor.MapTable[string, *fakeProc], p *fakeProc) {
 			rows.Put("p", p)
 		}, 2},
-		{"watched: deleted then put", true, func(rows *supervisor.MapTable[string, *contractProc], p *contractProc) {
+		{"watched: deleted then put", true, func(rows *supervisor.MapTable[string, *fakeProc], p *fakeProc) {
 			rows.Delete("p")
 			synctest.Wait()
 			rows.Put("p", p)
 		}, 2},
-		{"watched: deleted", true, func(rows *supervisor.MapTable[string, *contractProc], p *contractProc) {
+		{"watched: deleted", true, func(rows *supervisor.MapTable[string, *fakeProc], p *fakeProc) {
 			rows.Delete("p")
 		}, 1},
-		{"scanned: deleted at one scan and back at the next", false, func(rows *supervisor.MapTable[string, *contractProc], p *contractProc) {
+		{"scanned: deleted at one scan and back at the next", false, func(rows *supervisor.MapTable[string, *fakeProc], p *fakeProc) {
 			rows.Delete("p")
 			time.Sleep(scan)
 			synctest.Wait()
 			rows.Put("p", p)
 		}, 2},
-		{"scanned: deleted and put back between two scans", false, func(rows *supervisor.MapTable[string, *contractProc], p *contractProc) {
+		{"scanned: deleted and put back between two scans", false, func(rows *supervisor.MapTable[string, *fakeProc], p *fakeProc) {
 			rows.Delete("p")
 			time.Sleep(scan / 2)
 			rows.Put("p", p)
 		}, 1},
-		{"scanned: put again", false, func(rows *supervisor.MapTable[string, *contractProc], p *contractProc) {
+		{"scanned: put again", false, func(rows *supervisor.MapTable[string, *fakeProc], p *fakeProc) {
 			rows.Put("p", p)
 		}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				p := &contractProc{}
-				rows := supervisor.NewMapTable[string, *contractProc]()
+				p := &fakeProc{}
+				rows := supervisor.NewMapTable[string, *fakeProc]()
 				rows.Put("p", p)
-				var table supervisor.Table[string, *contractProc] = rows
+				var table supervisor.Table[string, *fakeProc] = rows
 				if !tc.watched {
-					table = contractScanOnly[string, *contractProc]{rows}
+					table = scanOnly[string, *fakeProc]{rows}
 				}
-				opts := contractOptions(&contractRecorder{})
+				opts := quietOptions("", &recorder{})
 				opts.ScanInterval = scan
 				sup := supervisor.NewSupervisor(table, opts)
-				run := contractStart(t, sup)
+				run := startRun(t, sup)
 				time.Sleep(scan / 4) // between scans
 
 				require.NoError(t, sup.Stop(t.Context(), "p"))
@@ -712,69 +492,16 @@ func TestSupervisorStoppedProcessStartsAgainOnlyWhenItsRowIsPutAgainOrComesBack(
 	}
 }
 
-// contractFlakyTable is an unwatched table whose rows can be made
-// unreadable: the iterator returns their key with an error.
-type contractFlakyTable struct {
-	rows *supervisor.MapTable[string, *contractProc]
-
-	mu     sync.Mutex
-	broken map[string]bool
-}
-
-var errContractUnreadable = errors.New("row unreadable")
-
-func (t *contractFlakyTable) setBroken(key string, broken bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.broken[key] = broken
-}
-
-func (t *contractFlakyTable) isBroken(key string) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.broken[key]
-}
-
-func (t *contractFlakyTable) Get(ctx context.Context, key string) (*contractProc, error) {
-	if t.isBroken(key) {
-		return nil, errContractUnreadable
-	}
-	return t.rows.Get(ctx, key)
-}
-
-func (t *contractFlakyTable) Iter(ctx context.Context) (supervisor.Iterator[string, *contractProc], error) {
-	it, err := t.rows.Iter(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return contractFlakyIterator{it, t}, nil
-}
-
-type contractFlakyIterator struct {
-	supervisor.Iterator[string, *contractProc]
-	table *contractFlakyTable
-}
-
-func (it contractFlakyIterator) Get(ctx context.Context) (string, *contractProc, error) {
-	k, v, err := it.Iterator.Get(ctx)
-	if err == nil && it.table.isBroken(k) {
-		return k, nil, errContractUnreadable
-	}
-	return k, v, err
-}
-
 func TestSupervisorKeepsStoppedRowStoppedWhenItsReadFailsDuringAScan(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const scan = 10 * time.Second
-		p := &contractProc{}
-		table := &contractFlakyTable{rows: supervisor.NewMapTable[string, *contractProc](), broken: map[string]bool{}}
-		table.rows.Put("p", p)
-		table.rows.Put("q", &contractProc{})
-		rec := &contractRecorder{}
-		opts := contractOptions(rec)
+		p := &fakeProc{}
+		table := newFaultyTable(procTable(map[string]*fakeProc{"p": p, "q": {}}, "p", "q"))
+		rec := &recorder{}
+		opts := quietOptions("", rec)
 		opts.ScanInterval = scan
-		sup := supervisor.NewSupervisor[string, *contractProc](table, opts)
-		run := contractStart(t, sup)
+		sup := supervisor.NewSupervisor[string, *fakeProc](table, opts)
+		run := startRun(t, sup)
 		time.Sleep(scan / 2)
 
 		require.NoError(t, sup.Stop(t.Context(), "p"))
@@ -800,22 +527,15 @@ func TestSupervisorAbortsWhenCustomBackoffStopsUnderGroupStrategies(t *testing.T
 	for _, strategy := range []supervisor.Strategy{supervisor.OneForAll, supervisor.RestForOne} {
 		t.Run(strategy.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				procs := map[string]*contractProc{
-					"a": {},
-					"b": {life: contractFailRuns(time.Second, map[int]error{1: errContractBoom})},
-					"c": {},
-				}
-				rows := supervisor.NewMapTable[string, *contractProc]()
-				for _, k := range []string{"a", "b", "c"} {
-					rows.Put(k, procs[k])
-				}
-				rec := &contractRecorder{}
-				opts := contractOptions(rec)
+				procs := failingSiblings()
+				rows := procTable(procs, "a", "b", "c")
+				rec := &recorder{}
+				opts := quietOptions("", rec)
 				opts.Strategy = strategy
 				opts.ScanInterval = 10 * time.Second
 				opts.Backoff = func() backoff.BackOff { return &backoff.StopBackOff{} }
 				sup := supervisor.NewSupervisor(rows, opts)
-				run := contractStart(t, sup)
+				run := startRun(t, sup)
 
 				time.Sleep(time.Minute) // b fails at 1s; five scans after
 				synctest.Wait()
@@ -844,32 +564,24 @@ func TestSupervisorCountsAGroupRestartOnceTowardIntensity(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				// f fails 1s after each start; each failure restarts the
 				// whole group 1s later: f fails at 1s, 3s and 5s.
-				f := &contractProc{life: func(ctx context.Context, run int) error {
-					select {
-					case <-time.After(time.Second):
-						return errContractBoom
-					case <-ctx.Done():
-						return nil
-					}
-				}}
-				siblings := []*contractProc{{}, {}, {}}
-				rows := supervisor.NewMapTable[string, *contractProc]()
+				f := &fakeProc{life: failAfter(time.Second, errBoom)}
+				siblings := []*fakeProc{{}, {}, {}}
+				rows := supervisor.NewMapTable[string, *fakeProc]()
 				rows.Put("f", f)
 				for i, p := range siblings {
 					rows.Put(string(rune('a'+i)), p)
 				}
-				rec := &contractRecorder{}
-				opts := contractOptions(rec)
+				rec := &recorder{}
+				opts := quietOptions("", rec)
 				opts.Strategy = strategy
-				opts.Backoff = contractConstantBackoff(time.Second)
+				opts.Backoff = constantBackoff(time.Second)
 				opts.MaxRestarts = 2
 				opts.Period = time.Hour
 				sup := supervisor.NewSupervisor(rows, opts)
 				start := time.Now()
-				run := contractStart(t, sup)
+				run := startRun(t, sup)
 
-				err := <-run.done
-				run.done <- err
+				err := run.wait()
 				require.ErrorIs(t, err, supervisor.ErrTooManyRestarts)
 				require.Equal(t, 5*time.Second, time.Since(start), "given up at the third failure, not the first")
 				runs, active := f.counts()
@@ -890,17 +602,17 @@ func TestSupervisorContinueRestartsAtOnceWithoutCountingOrBackoff(t *testing.T) 
 	synctest.Test(t, func(t *testing.T) {
 		// Runs 1-11 fail at once; the kernel answers Continue to the first
 		// ten exits and Kill to the eleventh.
-		p := &contractProc{life: func(ctx context.Context, run int) error {
+		p := &fakeProc{life: func(ctx context.Context, run int) error {
 			if run <= 11 {
-				return errContractBoom
+				return errBoom
 			}
-			return contractServe(ctx)
+			return serve(ctx)
 		}}
 		var (
 			mu    sync.Mutex
 			exits int
 		)
-		kernel := contractKernel(func(_ context.Context, f supervisor.Failure) supervisor.Action {
+		kernel := quietKernel(func(_ context.Context, f supervisor.Failure) supervisor.Action {
 			mu.Lock()
 			defer mu.Unlock()
 			exits++
@@ -909,16 +621,16 @@ func TestSupervisorContinueRestartsAtOnceWithoutCountingOrBackoff(t *testing.T) 
 			}
 			return supervisor.Kill
 		})
-		rows := supervisor.NewMapTable[string, *contractProc]()
+		rows := supervisor.NewMapTable[string, *fakeProc]()
 		rows.Put("p", p)
-		rec := &contractRecorder{}
-		opts := contractOptions(rec)
+		rec := &recorder{}
+		opts := quietOptions("", rec)
 		opts.Kernel = kernel
 		opts.MaxRestarts = 1
 		opts.Period = time.Hour
 		opts.Backoff = func() backoff.BackOff { return &contractStepBackoff{step: time.Second} }
 		start := time.Now()
-		run := contractStart(t, supervisor.NewSupervisor(rows, opts))
+		run := startRun(t, supervisor.NewSupervisor(rows, opts))
 
 		time.Sleep(time.Minute)
 		synctest.Wait()
@@ -946,30 +658,30 @@ func TestSupervisorContinueRestartsAtOnceWithoutCountingOrBackoff(t *testing.T) 
 }
 
 func TestProcessStatusRestartsCountsEveryRestartUntilTheRowIsPutAgain(t *testing.T) {
-	restartsOf := func(t *testing.T, sup *supervisor.Supervisor[string, *contractProc], key string) int {
+	restartsOf := func(t *testing.T, sup *supervisor.Supervisor[string, *fakeProc], key string) int {
 		t.Helper()
-		st, ok := contractStatus(sup, key)
+		st, ok := findStatus(sup.Status(), key)
 		require.True(t, ok, key)
 		return st.Restarts
 	}
 	t.Run("Continue and Kill restarts, then a replacement", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			p := &contractProc{life: contractFailRuns(time.Second, map[int]error{
-				1: errContractContinue, 2: errContractBoom, 3: errContractContinue,
+			p := &fakeProc{life: failRuns(time.Second, map[int]error{
+				1: errContractContinue, 2: errBoom, 3: errContractContinue,
 			})}
-			kernel := contractKernel(func(_ context.Context, f supervisor.Failure) supervisor.Action {
+			kernel := quietKernel(func(_ context.Context, f supervisor.Failure) supervisor.Action {
 				if errors.Is(f.Err, errContractContinue) {
 					return supervisor.Continue
 				}
 				return supervisor.Kill
 			})
-			rows := supervisor.NewMapTable[string, *contractProc]()
+			rows := supervisor.NewMapTable[string, *fakeProc]()
 			rows.Put("p", p)
-			opts := contractOptions(&contractRecorder{})
+			opts := quietOptions("", &recorder{})
 			opts.Kernel = kernel
-			opts.Backoff = contractConstantBackoff(time.Second)
+			opts.Backoff = constantBackoff(time.Second)
 			sup := supervisor.NewSupervisor(rows, opts)
-			run := contractStart(t, sup)
+			run := startRun(t, sup)
 			require.Zero(t, restartsOf(t, sup, "p"), "the first start is no restart")
 
 			time.Sleep(10 * time.Second) // fails at 1s (Continue), 2s (Kill), 4s (Continue)
@@ -991,14 +703,14 @@ func TestProcessStatusRestartsCountsEveryRestartUntilTheRowIsPutAgain(t *testing
 	for _, strategy := range []supervisor.Strategy{supervisor.OneForAll, supervisor.RestForOne} {
 		t.Run(strategy.String()+" group restarts", func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				rows := supervisor.NewMapTable[string, *contractProc]()
-				rows.Put("a", &contractProc{life: contractFailRuns(time.Second, map[int]error{1: errContractBoom})})
-				rows.Put("b", &contractProc{})
-				opts := contractOptions(&contractRecorder{})
+				rows := supervisor.NewMapTable[string, *fakeProc]()
+				rows.Put("a", &fakeProc{life: failRuns(time.Second, map[int]error{1: errBoom})})
+				rows.Put("b", &fakeProc{})
+				opts := quietOptions("", &recorder{})
 				opts.Strategy = strategy
-				opts.Backoff = contractConstantBackoff(time.Second)
+				opts.Backoff = constantBackoff(time.Second)
 				sup := supervisor.NewSupervisor(rows, opts)
-				run := contractStart(t, sup)
+				run := startRun(t, sup)
 
 				time.Sleep(5 * time.Second)
 				synctest.Wait()
@@ -1019,7 +731,7 @@ func TestRunReturnsAtOnceWithContextErrorWhenCancelledWhileAProcessStarts(t *tes
 			mu     sync.Mutex
 			active int
 		)
-		neverReady := contractService(func(ctx context.Context, callback supervisor.Callback) error {
+		neverReady := service(func(ctx context.Context, callback supervisor.Callback) error {
 			mu.Lock()
 			active++
 			mu.Unlock()
@@ -1032,10 +744,10 @@ func TestRunReturnsAtOnceWithContextErrorWhenCancelledWhileAProcessStarts(t *tes
 			return ctx.Err()
 		})
 		rows := supervisor.NewMapTable[string, supervisor.Runnable]()
-		rows.Put("ready", supervisor.RunnableFunc(contractServe))
+		rows.Put("ready", supervisor.RunnableFunc(serve))
 		rows.Put("slow", neverReady)
-		rec := &contractRecorder{}
-		sup := supervisor.NewSupervisor(rows, contractOptions(rec))
+		rec := &recorder{}
+		sup := supervisor.NewSupervisor(rows, quietOptions("", rec))
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		called := false
@@ -1071,7 +783,7 @@ func TestSharedKernelSlowPolicyForOneSupervisorDoesNotDelayAnother(t *testing.T)
 		release := make(chan struct{})
 		defer close(release)
 		waiting := make(chan struct{})
-		kernel := contractKernel(func(ctx context.Context, f supervisor.Failure) supervisor.Action {
+		kernel := quietKernel(func(ctx context.Context, f supervisor.Failure) supervisor.Action {
 			if f.Process == "slow/p" { // an operator who takes his time
 				close(waiting)
 				select {
@@ -1082,28 +794,20 @@ func TestSharedKernelSlowPolicyForOneSupervisorDoesNotDelayAnother(t *testing.T)
 			}
 			return supervisor.DefaultPolicy(ctx, f)
 		})
-		newSup := func(name string, p *contractProc) *supervisor.Supervisor[string, *contractProc] {
-			rows := supervisor.NewMapTable[string, *contractProc]()
+		newSup := func(name string, p *fakeProc) *supervisor.Supervisor[string, *fakeProc] {
+			rows := supervisor.NewMapTable[string, *fakeProc]()
 			rows.Put("p", p)
-			opts := contractOptions(&contractRecorder{})
+			opts := quietOptions("", &recorder{})
 			opts.Name = name
 			opts.Kernel = kernel
-			opts.Backoff = contractConstantBackoff(time.Second)
+			opts.Backoff = constantBackoff(time.Second)
 			return supervisor.NewSupervisor(rows, opts)
 		}
-		failEverySecond := func(ctx context.Context, run int) error {
-			select {
-			case <-time.After(time.Second):
-				return errContractBoom
-			case <-ctx.Done():
-				return nil
-			}
-		}
-		slow := &contractProc{life: contractFailRuns(time.Second, map[int]error{1: errContractBoom})}
-		fast := &contractProc{life: failEverySecond}
-		slowRun := contractStart(t, newSup("slow", slow))
+		slow := &fakeProc{life: failRuns(time.Second, map[int]error{1: errBoom})}
+		fast := &fakeProc{life: failAfter(time.Second, errBoom)}
+		slowRun := startRun(t, newSup("slow", slow))
 		start := time.Now()
-		fastRun := contractStart(t, newSup("fast", fast))
+		fastRun := startRun(t, newSup("fast", fast))
 
 		time.Sleep(19 * time.Second)
 		synctest.Wait()
@@ -1130,20 +834,20 @@ func TestSharedKernelSlowPolicyForOneSupervisorDoesNotDelayAnother(t *testing.T)
 func TestDeletedRowsProcessIgnoringItsContextIsReportedAndNeverRestarted(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const stopTimeout = time.Second
-		stubborn := &contractProc{life: func(ctx context.Context, run int) error {
+		stubborn := &fakeProc{life: func(ctx context.Context, run int) error {
 			<-ctx.Done()
 			time.Sleep(5 * stopTimeout) // ignores the stop past both timeouts
 			return nil
 		}}
-		rows := supervisor.NewMapTable[string, *contractProc]()
+		rows := supervisor.NewMapTable[string, *fakeProc]()
 		rows.Put("stubborn", stubborn)
-		rows.Put("other", &contractProc{})
-		rec := &contractRecorder{}
-		opts := contractOptions(rec)
+		rows.Put("other", &fakeProc{})
+		rec := &recorder{}
+		opts := quietOptions("", rec)
 		opts.StopTimeout = stopTimeout
 		opts.ScanInterval = 2 * time.Second
 		sup := supervisor.NewSupervisor(rows, opts)
-		run := contractStart(t, sup)
+		run := startRun(t, sup)
 
 		deleted := time.Now()
 		require.True(t, rows.Delete("stubborn"))
@@ -1167,7 +871,7 @@ func TestDeletedRowsProcessIgnoringItsContextIsReportedAndNeverRestarted(t *test
 			supervisor.EventStarting, supervisor.EventReady, supervisor.EventStopping,
 			supervisor.EventStopTimeout, supervisor.EventStopped,
 		}, rec.kinds("stubborn"))
-		_, ok := contractStatus(sup, "stubborn")
+		_, ok := findStatus(sup.Status(), "stubborn")
 		require.False(t, ok)
 		require.Equal(t, []string{"other"}, sup.Keys())
 
@@ -1182,25 +886,25 @@ func TestGroupRestartRestartsSiblingThatReturnedAfterItsStopTimeout(t *testing.T
 		t.Run(strategy.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				const stopTimeout = time.Second
-				failing := &contractProc{life: contractFailRuns(time.Second, map[int]error{1: errContractBoom})}
-				slowToStop := &contractProc{life: func(ctx context.Context, run int) error {
+				failing := &fakeProc{life: failRuns(time.Second, map[int]error{1: errBoom})}
+				slowToStop := &fakeProc{life: func(ctx context.Context, run int) error {
 					<-ctx.Done()
 					if run == 1 {
 						time.Sleep(10 * stopTimeout) // past both stop timeouts, then it returns
 					}
 					return nil
 				}}
-				rows := supervisor.NewMapTable[string, *contractProc]()
+				rows := supervisor.NewMapTable[string, *fakeProc]()
 				rows.Put("failing", failing)
 				rows.Put("slow", slowToStop)
-				rec := &contractRecorder{}
-				opts := contractOptions(rec)
+				rec := &recorder{}
+				opts := quietOptions("", rec)
 				opts.Strategy = strategy
 				opts.StopTimeout = stopTimeout
-				opts.Backoff = contractConstantBackoff(time.Second)
+				opts.Backoff = constantBackoff(time.Second)
 				opts.ScanInterval = 5 * time.Second
 				sup := supervisor.NewSupervisor(rows, opts)
-				run := contractStart(t, sup)
+				run := startRun(t, sup)
 
 				time.Sleep(time.Minute) // failing fails at 1s; slow returns at 11s
 				synctest.Wait()
@@ -1208,7 +912,7 @@ func TestGroupRestartRestartsSiblingThatReturnedAfterItsStopTimeout(t *testing.T
 				_, err := sup.Get(t.Context(), "failing")
 				require.NoError(t, err, "restarted")
 				runs, active := slowToStop.counts()
-				st, _ := contractStatus(sup, "slow")
+				st, _ := findStatus(sup.Status(), "slow")
 				require.Equal(t, 2, runs, "the sibling is restarted once it returned (state %v, events %v)", st.State, rec.kinds("slow"))
 				require.Equal(t, 1, active)
 				_, err = sup.Get(t.Context(), "slow")
@@ -1238,41 +942,57 @@ func contractOperatorPolicy(asked, answered, release chan struct{}) supervisor.P
 	}
 }
 
+// contractExitAwaitingKernel is a supervisor of one row "p" whose first
+// run fails at 1s, with StopTimeout 10s and a kernel that decides that
+// exit only when the test ends (see contractOperatorPolicy).
+type contractExitAwaitingKernel struct {
+	failing  *fakeProc
+	rec      *recorder
+	sup      *supervisor.Supervisor[string, *fakeProc]
+	run      *backgroundRun
+	answered chan struct{} // closed once the kernel answered
+}
+
+// contractAwaitKernel runs the scenario and returns 1s after p's exit
+// reached the kernel.
+func contractAwaitKernel(t *testing.T) *contractExitAwaitingKernel {
+	const stopTimeout = 10 * time.Second
+	asked, answered, release := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	sc := &contractExitAwaitingKernel{
+		failing:  &fakeProc{life: failRuns(time.Second, map[int]error{1: errBoom})},
+		rec:      &recorder{},
+		answered: answered,
+	}
+	rows := supervisor.NewMapTable[string, *fakeProc]()
+	rows.Put("p", sc.failing)
+	opts := quietOptions("", sc.rec)
+	opts.Kernel = quietKernel(contractOperatorPolicy(asked, answered, release))
+	opts.StopTimeout = stopTimeout
+	sc.sup = supervisor.NewSupervisor(rows, opts)
+	sc.run = startRun(t, sc.sup)
+	// Registered after startRun's cleanup, so it runs first: the kernel is
+	// released before Run is stopped, and no goroutine is left if an
+	// assertion fails.
+	t.Cleanup(func() { close(release) })
+
+	<-asked // p failed at 1s; its exit waits for the kernel
+	time.Sleep(time.Second)
+	return sc
+}
+
 func TestRunReturnsAtOnceWhenCallbackReturnsWhileAnExitAwaitsTheKernel(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		const stopTimeout = 10 * time.Second
-		asked, answered, release := make(chan struct{}), make(chan struct{}), make(chan struct{})
-		defer close(release) // so that no goroutine is left if an assertion fails
-		failing := &contractProc{life: contractFailRuns(time.Second, map[int]error{1: errContractBoom})}
-		rows := supervisor.NewMapTable[string, *contractProc]()
-		rows.Put("p", failing)
-		rec := &contractRecorder{}
-		opts := contractOptions(rec)
-		opts.Kernel = contractKernel(contractOperatorPolicy(asked, answered, release))
-		opts.StopTimeout = stopTimeout
-		sup := supervisor.NewSupervisor(rows, opts)
-		finish := make(chan struct{})
-		done := make(chan error, 1)
-		go func() {
-			done <- sup.Run(context.Background(), func(context.Context) error {
-				<-finish
-				return nil
-			})
-		}()
-
-		<-asked // p failed at 1s; its exit waits for the kernel
-		time.Sleep(time.Second)
-		close(finish) // the callback returns: Run stops everything
+		sc := contractAwaitKernel(t)
 		finished := time.Now()
-		require.NoError(t, <-done)
+		require.NoError(t, sc.run.shutdown()) // the callback returns: Run stops everything
 		require.Zero(t, time.Since(finished), "no process is running: nothing to wait for")
-		require.Empty(t, rec.of(supervisor.EventStopTimeout), "p returned long ago")
+		require.Empty(t, sc.rec.of(supervisor.EventStopTimeout), "p returned long ago")
 		select {
-		case <-answered:
+		case <-sc.answered:
 		default:
 			require.FailNow(t, "Run returned while the kernel still decides p's exit: its goroutine outlives Run")
 		}
-		runs, active := failing.counts()
+		runs, active := sc.failing.counts()
 		require.Equal(t, 1, runs, "the decision that came because Run ended is not acted upon")
 		require.Zero(t, active)
 	})
@@ -1280,47 +1000,33 @@ func TestRunReturnsAtOnceWhenCallbackReturnsWhileAnExitAwaitsTheKernel(t *testin
 
 func TestStopOfProcessWhoseExitAwaitsTheKernelDoesNotTimeOut(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		const stopTimeout = 10 * time.Second
-		asked, answered, release := make(chan struct{}), make(chan struct{}), make(chan struct{})
-		defer close(release)
-		failing := &contractProc{life: contractFailRuns(time.Second, map[int]error{1: errContractBoom})}
-		rows := supervisor.NewMapTable[string, *contractProc]()
-		rows.Put("p", failing)
-		rec := &contractRecorder{}
-		opts := contractOptions(rec)
-		opts.Kernel = contractKernel(contractOperatorPolicy(asked, answered, release))
-		opts.StopTimeout = stopTimeout
-		sup := supervisor.NewSupervisor(rows, opts)
-		run := contractStart(t, sup)
-
-		<-asked // p failed at 1s; its exit waits for the kernel
-		time.Sleep(time.Second)
+		sc := contractAwaitKernel(t)
 		stopped := time.Now()
-		err := sup.Stop(context.Background(), "p")
+		err := sc.sup.Stop(context.Background(), "p")
 		require.NoError(t, err, "p has returned: Stop must not report ErrStopTimeout")
 		require.Zero(t, time.Since(stopped))
-		require.Empty(t, rec.of(supervisor.EventStopTimeout))
+		require.Empty(t, sc.rec.of(supervisor.EventStopTimeout))
 		synctest.Wait()
-		_, err = sup.Get(t.Context(), "p")
+		_, err = sc.sup.Get(t.Context(), "p")
 		require.ErrorIs(t, err, supervisor.ErrProcessNotFound)
-		runs, active := failing.counts()
+		runs, active := sc.failing.counts()
 		require.Equal(t, 1, runs)
 		require.Zero(t, active)
 
-		require.NoError(t, run.stop())
+		require.NoError(t, sc.run.stop())
 	})
 }
 
 func TestRunReturnsOnlyAfterTheEventsOfAnEndedProcessWereDelivered(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rows := supervisor.NewMapTable[string, *contractProc]()
-		rows.Put("p", &contractProc{life: contractFailRuns(time.Second, map[int]error{1: supervisor.ErrAbort})})
+		rows := supervisor.NewMapTable[string, *fakeProc]()
+		rows.Put("p", &fakeProc{life: failRuns(time.Second, map[int]error{1: supervisor.ErrAbort})})
 		entered := make(chan struct{})
 		var (
 			mu         sync.Mutex
 			delivering bool
 		)
-		opts := contractOptions(nil)
+		opts := quietOptions("", nil)
 		opts.OnEvent = func(e supervisor.Event) {
 			if e.Kind != supervisor.EventAborted {
 				return
@@ -1334,8 +1040,8 @@ func TestRunReturnsOnlyAfterTheEventsOfAnEndedProcessWereDelivered(t *testing.T)
 			delivering = false
 			mu.Unlock()
 		}
-		sup := supervisor.NewSupervisor[string, *contractProc](contractScanOnly[string, *contractProc]{rows}, opts)
-		run := contractStart(t, sup)
+		sup := supervisor.NewSupervisor[string, *fakeProc](scanOnly[string, *fakeProc]{rows}, opts)
+		run := startRun(t, sup)
 
 		<-entered // p aborted at 1s; its EventAborted is being delivered
 		// Let the delivery end if Run did not wait for it.
@@ -1353,18 +1059,18 @@ func TestProcessReadyJustAsItsStartTimesOutEitherFailsItsStartOrKeepsRunning(t *
 	for i := range 1000 {
 		synctest.Test(t, func(t *testing.T) {
 			const startTimeout = time.Second
-			p := &contractProc{}
+			p := &fakeProc{}
 			rows := supervisor.NewMapTable[string, supervisor.Runnable]()
-			rows.Put("p", contractService(func(ctx context.Context, callback supervisor.Callback) error {
+			rows.Put("p", service(func(ctx context.Context, callback supervisor.Callback) error {
 				time.Sleep(startTimeout) // prepares for exactly StartTimeout
 				return p.Run(ctx, callback)
 			}))
-			rec := &contractRecorder{}
-			opts := contractOptions(rec)
+			rec := &recorder{}
+			opts := quietOptions("", rec)
 			opts.StartTimeout = startTimeout
-			opts.Backoff = contractConstantBackoff(time.Hour)
+			opts.Backoff = constantBackoff(time.Hour)
 			sup := supervisor.NewSupervisor(rows, opts)
-			run := contractStart(t, sup)
+			run := startRun(t, sup)
 
 			time.Sleep(10 * time.Second)
 			synctest.Wait()
@@ -1399,7 +1105,7 @@ func TestRowPutAgainWhileTheKernelDecidesAnExitStartsTheNewValueWhateverTheAnswe
 		t.Run(tc.restart.String()+" "+answer.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				asked, release := make(chan struct{}), make(chan struct{})
-				kernel := contractKernel(func(ctx context.Context, f supervisor.Failure) supervisor.Action {
+				kernel := quietKernel(func(ctx context.Context, f supervisor.Failure) supervisor.Action {
 					close(asked)
 					select {
 					case <-release:
@@ -1407,17 +1113,17 @@ func TestRowPutAgainWhileTheKernelDecidesAnExitStartsTheNewValueWhateverTheAnswe
 					}
 					return answer
 				})
-				old := &contractProc{life: contractFailRuns(time.Second, map[int]error{1: errContractBoom})}
-				next := &contractProc{}
-				rows := supervisor.NewMapTable[string, *contractProc]()
+				old := &fakeProc{life: failRuns(time.Second, map[int]error{1: errBoom})}
+				next := &fakeProc{}
+				rows := supervisor.NewMapTable[string, *fakeProc]()
 				rows.Put("p", old)
-				rec := &contractRecorder{}
-				opts := contractOptions(rec)
+				rec := &recorder{}
+				opts := quietOptions("", rec)
 				opts.Kernel = kernel
 				opts.Restart = tc.restart
-				opts.Backoff = contractConstantBackoff(time.Second)
+				opts.Backoff = constantBackoff(time.Second)
 				sup := supervisor.NewSupervisor(rows, opts)
-				run := contractStart(t, sup)
+				run := startRun(t, sup)
 
 				<-asked // old failed at 1s; the kernel decides
 				rows.Put("p", next)
@@ -1445,15 +1151,15 @@ func TestSiblingDownForGroupRestartWhenRunEndsIsStoppedOnce(t *testing.T) {
 	for _, strategy := range []supervisor.Strategy{supervisor.OneForAll, supervisor.RestForOne} {
 		t.Run(strategy.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				rows := supervisor.NewMapTable[string, *contractProc]()
-				rows.Put("failing", &contractProc{life: contractFailRuns(time.Second, map[int]error{1: errContractBoom})})
-				rows.Put("sibling", &contractProc{})
-				rec := &contractRecorder{}
-				opts := contractOptions(rec)
+				rows := supervisor.NewMapTable[string, *fakeProc]()
+				rows.Put("failing", &fakeProc{life: failRuns(time.Second, map[int]error{1: errBoom})})
+				rows.Put("sibling", &fakeProc{})
+				rec := &recorder{}
+				opts := quietOptions("", rec)
 				opts.Strategy = strategy
-				opts.Backoff = contractConstantBackoff(10 * time.Second)
+				opts.Backoff = constantBackoff(10 * time.Second)
 				sup := supervisor.NewSupervisor(rows, opts)
-				run := contractStart(t, sup)
+				run := startRun(t, sup)
 
 				time.Sleep(2 * time.Second) // failing failed at 1s; the group restarts at 11s
 				synctest.Wait()
@@ -1490,7 +1196,7 @@ func TestSupervisorStopForcesTheStopWhenItsContextIsDone(t *testing.T) {
 				var forcedAt time.Time
 				// It ignores the graceful stop (callback returned) and, if it
 				// obeys, returns when its ctx is cancelled.
-				stubborn := contractService(func(ctx context.Context, callback supervisor.Callback) error {
+				stubborn := service(func(ctx context.Context, callback supervisor.Callback) error {
 					_ = callback(ctx)
 					if tc.obeysCtx {
 						<-ctx.Done()
@@ -1502,10 +1208,10 @@ func TestSupervisorStopForcesTheStopWhenItsContextIsDone(t *testing.T) {
 				})
 				rows := supervisor.NewMapTable[string, supervisor.Runnable]()
 				rows.Put("p", stubborn)
-				opts := contractOptions(&contractRecorder{})
+				opts := quietOptions("", &recorder{})
 				opts.StopTimeout = stopTimeout
 				sup := supervisor.NewSupervisor(rows, opts)
-				run := contractStart(t, sup)
+				run := startRun(t, sup)
 
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
@@ -1535,20 +1241,18 @@ func TestGroupRestartNeverRestartsAProcessWhoseRowWasDeleted(t *testing.T) {
 		for _, deleted := range []string{"a", "b"} {
 			t.Run(strategy.String()+" "+deleted+" deleted", func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
-					procs := map[string]*contractProc{
-						"a": {life: contractFailRuns(time.Second, map[int]error{1: errContractBoom})},
+					procs := map[string]*fakeProc{
+						"a": {life: failRuns(time.Second, map[int]error{1: errBoom})},
 						"b": {},
 					}
-					rows := supervisor.NewMapTable[string, *contractProc]()
-					rows.Put("a", procs["a"])
-					rows.Put("b", procs["b"])
-					rec := &contractRecorder{}
-					opts := contractOptions(rec)
+					rows := procTable(procs, "a", "b")
+					rec := &recorder{}
+					opts := quietOptions("", rec)
 					opts.Strategy = strategy
 					opts.ScanInterval = time.Hour // no scan sees the delete before the restart
-					opts.Backoff = contractConstantBackoff(10 * time.Second)
-					sup := supervisor.NewSupervisor[string, *contractProc](contractScanOnly[string, *contractProc]{rows}, opts)
-					run := contractStart(t, sup)
+					opts.Backoff = constantBackoff(10 * time.Second)
+					sup := supervisor.NewSupervisor[string, *fakeProc](scanOnly[string, *fakeProc]{rows}, opts)
+					run := startRun(t, sup)
 
 					time.Sleep(2 * time.Second) // a failed at 1s; the group restarts at 11s
 					synctest.Wait()
@@ -1582,7 +1286,7 @@ func TestProcessWhoseExitAwaitsTheKernelDuringASiblingsGroupRestartIsRestarted(t
 				// a fails at 2s and is decided at once; b fails at 1s and its
 				// decision takes 5s: b's exit is pending during a's group
 				// restart.
-				kernel := contractKernel(func(ctx context.Context, f supervisor.Failure) supervisor.Action {
+				kernel := quietKernel(func(ctx context.Context, f supervisor.Failure) supervisor.Action {
 					if f.Process == "supervisor/b" {
 						select {
 						case <-time.After(5 * time.Second):
@@ -1591,22 +1295,20 @@ func TestProcessWhoseExitAwaitsTheKernelDuringASiblingsGroupRestartIsRestarted(t
 					}
 					return supervisor.Kill
 				})
-				procs := map[string]*contractProc{
-					"a": {life: contractFailRuns(2*time.Second, map[int]error{1: errContractBoom})},
-					"b": {life: contractFailRuns(time.Second, map[int]error{1: errContractBoom})},
+				procs := map[string]*fakeProc{
+					"a": {life: failRuns(2*time.Second, map[int]error{1: errBoom})},
+					"b": {life: failRuns(time.Second, map[int]error{1: errBoom})},
 				}
-				rows := supervisor.NewMapTable[string, *contractProc]()
-				rows.Put("a", procs["a"])
-				rows.Put("b", procs["b"])
-				rec := &contractRecorder{}
-				opts := contractOptions(rec)
+				rows := procTable(procs, "a", "b")
+				rec := &recorder{}
+				opts := quietOptions("", rec)
 				opts.Kernel = kernel
 				opts.Strategy = strategy
 				opts.StopTimeout = stopTimeout
 				opts.ScanInterval = time.Hour
-				opts.Backoff = contractConstantBackoff(time.Second)
+				opts.Backoff = constantBackoff(time.Second)
 				sup := supervisor.NewSupervisor(rows, opts)
-				run := contractStart(t, sup)
+				run := startRun(t, sup)
 
 				time.Sleep(time.Minute)
 				synctest.Wait()
@@ -1629,32 +1331,32 @@ func TestSiblingStoppedDeletedOrPutAgainDuringAGroupRestartFollowsItsRow(t *test
 	for _, strategy := range []supervisor.Strategy{supervisor.OneForAll, supervisor.RestForOne} {
 		for _, tc := range []struct {
 			name     string
-			change   func(t *testing.T, sup *supervisor.Supervisor[string, *contractProc], rows *supervisor.MapTable[string, *contractProc], next *contractProc)
+			change   func(t *testing.T, sup *supervisor.Supervisor[string, *fakeProc], rows *supervisor.MapTable[string, *fakeProc], next *fakeProc)
 			wantNext bool // the sibling's row runs next; otherwise nothing runs it
 		}{
-			{"Stop", func(t *testing.T, sup *supervisor.Supervisor[string, *contractProc], _ *supervisor.MapTable[string, *contractProc], _ *contractProc) {
+			{"Stop", func(t *testing.T, sup *supervisor.Supervisor[string, *fakeProc], _ *supervisor.MapTable[string, *fakeProc], _ *fakeProc) {
 				require.NoError(t, sup.Stop(t.Context(), "sibling"))
 			}, false},
-			{"row deleted", func(_ *testing.T, _ *supervisor.Supervisor[string, *contractProc], rows *supervisor.MapTable[string, *contractProc], _ *contractProc) {
+			{"row deleted", func(_ *testing.T, _ *supervisor.Supervisor[string, *fakeProc], rows *supervisor.MapTable[string, *fakeProc], _ *fakeProc) {
 				rows.Delete("sibling")
 			}, false},
-			{"row put again", func(_ *testing.T, _ *supervisor.Supervisor[string, *contractProc], rows *supervisor.MapTable[string, *contractProc], next *contractProc) {
+			{"row put again", func(_ *testing.T, _ *supervisor.Supervisor[string, *fakeProc], rows *supervisor.MapTable[string, *fakeProc], next *fakeProc) {
 				rows.Put("sibling", next)
 			}, true},
 		} {
 			t.Run(strategy.String()+" "+tc.name, func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
-					failing := &contractProc{life: contractFailRuns(time.Second, map[int]error{1: errContractBoom})}
-					sibling, next := &contractProc{}, &contractProc{}
-					rows := supervisor.NewMapTable[string, *contractProc]()
+					failing := &fakeProc{life: failRuns(time.Second, map[int]error{1: errBoom})}
+					sibling, next := &fakeProc{}, &fakeProc{}
+					rows := supervisor.NewMapTable[string, *fakeProc]()
 					rows.Put("failing", failing)
 					rows.Put("sibling", sibling)
-					opts := contractOptions(&contractRecorder{})
+					opts := quietOptions("", &recorder{})
 					opts.Strategy = strategy
-					opts.Backoff = contractConstantBackoff(10 * time.Second)
+					opts.Backoff = constantBackoff(10 * time.Second)
 					opts.ScanInterval = 5 * time.Second
 					sup := supervisor.NewSupervisor(rows, opts)
-					run := contractStart(t, sup)
+					run := startRun(t, sup)
 
 					time.Sleep(2 * time.Second) // failing failed at 1s; the group restarts at 11s
 					synctest.Wait()
@@ -1697,7 +1399,7 @@ func TestSupervisorFailedStartIsTriedAgainByTheNextScan(t *testing.T) {
 			mu   sync.Mutex
 			runs int
 		)
-		svc := contractService(func(ctx context.Context, callback supervisor.Callback) error {
+		svc := service(func(ctx context.Context, callback supervisor.Callback) error {
 			mu.Lock()
 			runs++
 			run := runs
@@ -1708,10 +1410,10 @@ func TestSupervisorFailedStartIsTriedAgainByTheNextScan(t *testing.T) {
 			return callback(ctx)
 		})
 		rows := supervisor.NewMapTable[string, supervisor.Runnable]()
-		opts := contractOptions(&contractRecorder{})
+		opts := quietOptions("", &recorder{})
 		opts.ScanInterval = scan
-		sup := supervisor.NewSupervisor[string, supervisor.Runnable](contractScanOnly[string, supervisor.Runnable]{rows}, opts)
-		run := contractStart(t, sup)
+		sup := supervisor.NewSupervisor[string, supervisor.Runnable](scanOnly[string, supervisor.Runnable]{rows}, opts)
+		run := startRun(t, sup)
 		time.Sleep(scan / 2)
 
 		rows.Put("p", svc)

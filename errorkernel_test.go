@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -17,32 +15,6 @@ import (
 	"github.com/gosupervise/supervisor"
 )
 
-// kernelQuietLogger keeps the kernel's and supervisors' logs out of the test
-// output.
-func kernelQuietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-// kernelPolicyLog records the failures a policy was asked about.
-type kernelPolicyLog struct {
-	mu       sync.Mutex
-	failures []supervisor.Failure
-}
-
-// answer returns a policy that records each failure and answers action.
-func (l *kernelPolicyLog) answer(action supervisor.Action) supervisor.Policy {
-	return func(ctx context.Context, f supervisor.Failure) supervisor.Action {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		l.failures = append(l.failures, f)
-		return action
-	}
-}
-
-func (l *kernelPolicyLog) all() []supervisor.Failure {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]supervisor.Failure(nil), l.failures...)
-}
-
 // kernelWithoutMonotonic strips the monotonic clock reading from LastAt so
 // that states compare with require.Equal.
 func kernelWithoutMonotonic(s supervisor.ErrorState) supervisor.ErrorState {
@@ -51,29 +23,18 @@ func kernelWithoutMonotonic(s supervisor.ErrorState) supervisor.ErrorState {
 }
 
 func TestActionString(t *testing.T) {
-	tests := []struct {
-		action supervisor.Action
-		want   string
-	}{
+	requireStrings(t, []stringCase[supervisor.Action]{
 		{supervisor.Continue, "continue"},
 		{supervisor.Kill, "kill"},
 		{supervisor.Abort, "abort"},
 		{supervisor.Action(7), "Action(7)"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.want, func(t *testing.T) {
-			require.Equal(t, tt.want, tt.action.String())
-		})
-	}
+	})
 }
 
 func TestErrorKernelReportBlocksUntilPolicyDecides(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		decide := make(chan supervisor.Action)
-		k := supervisor.NewErrorKernel(supervisor.KernelOptions{
-			Logger: kernelQuietLogger(),
-			Policy: func(ctx context.Context, f supervisor.Failure) supervisor.Action { return <-decide },
-		})
+		k := quietKernel(func(ctx context.Context, f supervisor.Failure) supervisor.Action { return <-decide })
 		answered := make(chan supervisor.Action, 1)
 		go func() {
 			answered <- k.Report(context.Background(), supervisor.Failure{Process: "p", Err: errors.New("x")})
@@ -100,14 +61,11 @@ func TestErrorKernelPolicyRunsOnReportingGoroutineWithReportContext(t *testing.T
 		gotValue any
 		gotStack string
 	)
-	k := supervisor.NewErrorKernel(supervisor.KernelOptions{
-		Logger: kernelQuietLogger(),
-		Policy: func(ctx context.Context, f supervisor.Failure) supervisor.Action {
-			gotValue = ctx.Value(kernelCtxKey{})
-			buf := make([]byte, 64<<10)
-			gotStack = string(buf[:runtime.Stack(buf, false)])
-			return supervisor.Kill
-		},
+	k := quietKernel(func(ctx context.Context, f supervisor.Failure) supervisor.Action {
+		gotValue = ctx.Value(kernelCtxKey{})
+		buf := make([]byte, 64<<10)
+		gotStack = string(buf[:runtime.Stack(buf, false)])
+		return supervisor.Kill
 	})
 	ctx := context.WithValue(context.Background(), kernelCtxKey{}, "set by the caller")
 	action := kernelReportFromHere(ctx, k, supervisor.Failure{Process: "p", Err: errors.New("x")})
@@ -160,7 +118,7 @@ func TestErrorKernelReportAnswersAbortWhenItsContextIsDone(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				k := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: kernelQuietLogger(), Policy: tt.policy})
+				k := quietKernel(tt.policy)
 				ctx, cancel := tt.ctx()
 				defer cancel()
 				start := time.Now()
@@ -175,15 +133,12 @@ func TestErrorKernelReportAnswersAbortWhenItsContextIsDone(t *testing.T) {
 func TestErrorKernelDecisionsForDifferentProcessesDoNotWaitOnEachOther(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		releaseSlow := make(chan struct{})
-		k := supervisor.NewErrorKernel(supervisor.KernelOptions{
-			Logger: kernelQuietLogger(),
-			Policy: func(ctx context.Context, f supervisor.Failure) supervisor.Action {
-				if f.Process == "slow" {
-					<-releaseSlow
-					return supervisor.Abort
-				}
-				return supervisor.Kill
-			},
+		k := quietKernel(func(ctx context.Context, f supervisor.Failure) supervisor.Action {
+			if f.Process == "slow" {
+				<-releaseSlow
+				return supervisor.Abort
+			}
+			return supervisor.Kill
 		})
 		slow := make(chan supervisor.Action, 1)
 		go func() {
@@ -220,9 +175,9 @@ func TestErrorKernelKeepsErrorStatePerProcess(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				var log kernelPolicyLog
+				var log failureLog
 				k := supervisor.NewErrorKernel(supervisor.KernelOptions{
-					Logger: kernelQuietLogger(), Window: tt.window, Policy: log.answer(supervisor.Kill),
+					Logger: quietLogger(), Window: tt.window, Policy: log.answer(supervisor.Kill),
 				})
 				w := tt.want
 				start := time.Now()
@@ -268,8 +223,8 @@ func TestErrorKernelKeepsErrorStatePerProcess(t *testing.T) {
 
 func TestErrorKernelHealthyResetsOnlyConsecutive(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var log kernelPolicyLog
-		k := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: kernelQuietLogger(), Policy: log.answer(supervisor.Kill)})
+		var log failureLog
+		k := quietKernel(log.answer(supervisor.Kill))
 		errLast := errors.New("last")
 		k.Report(context.Background(), supervisor.Failure{Process: "db", Err: errors.New("first")})
 		time.Sleep(time.Second)
@@ -311,7 +266,7 @@ func TestErrorKernelRecentIsNewestLastAndCappedAtHistory(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			k := supervisor.NewErrorKernel(supervisor.KernelOptions{
-				Logger: kernelQuietLogger(), History: tt.history,
+				Logger: quietLogger(), History: tt.history,
 				Policy: func(ctx context.Context, f supervisor.Failure) supervisor.Action {
 					return supervisor.Action(f.Message.(int) % 3) // a different action each time
 				},
@@ -342,7 +297,7 @@ func kernelRange(from, to int) []int {
 
 func TestErrorKernelSubscribeDeliversEachDecision(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		k := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: kernelQuietLogger()})
+		k := quietKernel(nil)
 		decisions, cancel := k.Subscribe(10)
 		defer cancel()
 		errAbort := fmt.Errorf("bad input: %w", supervisor.ErrAbort)
@@ -363,7 +318,7 @@ func TestErrorKernelSubscribeDeliversEachDecision(t *testing.T) {
 
 func TestErrorKernelSubscribeNeverBlocksTheKernel(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		k := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: kernelQuietLogger()})
+		k := quietKernel(nil)
 		decisions, cancel := k.Subscribe(1) // never read until the end
 		// A Report blocked on the subscriber would deadlock the bubble, which
 		// synctest reports as a failure.
@@ -389,7 +344,7 @@ func TestErrorKernelSubscribeNeverBlocksTheKernel(t *testing.T) {
 
 func TestErrorKernelSubscribersAreIndependent(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) { // a kernel blocked on a subscriber deadlocks the bubble
-		k := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: kernelQuietLogger()})
+		k := quietKernel(nil)
 		full, cancelFull := k.Subscribe(0) // unbuffered and never read: drops all
 		defer cancelFull()
 		reader, cancelReader := k.Subscribe(2)
@@ -479,9 +434,7 @@ func TestAbortAfterAbortsOnceTooManyFailuresWithinWindowPerProcess(t *testing.T)
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				next := func(ctx context.Context, f supervisor.Failure) supervisor.Action { return supervisor.Continue }
-				k := supervisor.NewErrorKernel(supervisor.KernelOptions{
-					Logger: kernelQuietLogger(), Policy: supervisor.AbortAfter(tt.n, time.Minute, next),
-				})
+				k := quietKernel(supervisor.AbortAfter(tt.n, time.Minute, next))
 				start := time.Now()
 				for i, s := range tt.steps {
 					time.Sleep(time.Until(start.Add(s.at)))
@@ -496,8 +449,8 @@ func TestAbortAfterAbortsOnceTooManyFailuresWithinWindowPerProcess(t *testing.T)
 
 func TestErrorKernelReportSetsZeroTimeToNow(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var log kernelPolicyLog
-		k := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: kernelQuietLogger(), Policy: log.answer(supervisor.Kill)})
+		var log failureLog
+		k := quietKernel(log.answer(supervisor.Kill))
 		start := time.Now()
 		time.Sleep(5 * time.Second)
 		k.Report(context.Background(), supervisor.Failure{Process: "p", Err: errors.New("x")})
@@ -526,10 +479,7 @@ func TestErrorKernelPanickingPolicyFallsBackToDefaultPolicy(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			k := supervisor.NewErrorKernel(supervisor.KernelOptions{
-				Logger: kernelQuietLogger(),
-				Policy: func(ctx context.Context, f supervisor.Failure) supervisor.Action { panic("policy bug") },
-			})
+			k := quietKernel(func(ctx context.Context, f supervisor.Failure) supervisor.Action { panic("policy bug") })
 			require.Equal(t, tt.want, k.Report(context.Background(), tt.failure))
 			recent := k.Recent()
 			require.Len(t, recent, 1)
@@ -571,31 +521,53 @@ func kernelReportingProcess(trigger <-chan struct{}, errReport error, msg any, r
 	}
 }
 
+var errKernelBadMessage = errors.New("bad message")
+
+// kernelReportScenario is a supervisor "sup" of one row "w", a
+// kernelReportingProcess that reported errKernelBadMessage while handling
+// "message 7" to a kernel.
+type kernelReportScenario struct {
+	log  *failureLog // what the kernel's policy was asked
+	k    *supervisor.ErrorKernel
+	rec  *recorder
+	runs *atomic.Int32 // runs of the process
+	s    *supervisor.Supervisor[string, supervisor.RunnableFunc]
+	run  *backgroundRun
+	r    kernelReported // what the process saw right after Report returned
+}
+
+// kernelReportOnce runs the scenario with a kernel answering action and a
+// constant restart delay (0: the default backoff), and returns once the
+// process reported.
+func kernelReportOnce(t *testing.T, action supervisor.Action, restartDelay time.Duration) *kernelReportScenario {
+	sc := &kernelReportScenario{log: &failureLog{}, rec: &recorder{}, runs: &atomic.Int32{}}
+	sc.k = quietKernel(sc.log.answer(action))
+	trigger, reported := make(chan struct{}), make(chan kernelReported, 1)
+	tbl := supervisor.NewMapTable[string, supervisor.RunnableFunc]()
+	tbl.Put("w", kernelReportingProcess(trigger, errKernelBadMessage, "message 7", reported, sc.runs))
+	opts := quietOptions("sup", sc.rec)
+	opts.Kernel = sc.k
+	if restartDelay > 0 {
+		opts.Backoff = constantBackoff(restartDelay)
+	}
+	sc.s = supervisor.NewSupervisor[string, supervisor.RunnableFunc](tbl, opts)
+	sc.run = startRun(t, sc.s)
+	close(trigger)
+	sc.r = <-reported
+	return sc
+}
+
 func TestReportFromProcessReachesKernelAndContinueKeepsItRunning(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var log kernelPolicyLog
-		k := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: kernelQuietLogger(), Policy: log.answer(supervisor.Continue)})
-		errBad := errors.New("bad message")
-		trigger, reported := make(chan struct{}), make(chan kernelReported, 1)
-		var runs atomic.Int32
-		tbl := supervisor.NewMapTable[string, supervisor.RunnableFunc]()
-		tbl.Put("w", kernelReportingProcess(trigger, errBad, "message 7", reported, &runs))
-		var rec eventRecorder
-		s := supervisor.NewSupervisor[string, supervisor.RunnableFunc](tbl, supervisor.Options{
-			Name: "sup", Kernel: k, Logger: kernelQuietLogger(), OnEvent: rec.record,
-		})
-		run := eventStartRun(t.Context(), s)
-		synctest.Wait()
-		close(trigger)
-		r := <-reported
-		require.Equal(t, supervisor.Continue, r.action)
-		require.NoError(t, r.ctxErr, "Continue leaves the process's ctx alone")
+		sc := kernelReportOnce(t, supervisor.Continue, 0)
+		require.Equal(t, supervisor.Continue, sc.r.action)
+		require.NoError(t, sc.r.ctxErr, "Continue leaves the process's ctx alone")
 
-		failures := log.all()
+		failures := sc.log.all()
 		require.Len(t, failures, 1)
 		f := failures[0]
 		require.Equal(t, "sup/w", f.Process)
-		require.ErrorIs(t, f.Err, errBad)
+		require.ErrorIs(t, f.Err, errKernelBadMessage)
 		require.Equal(t, "message 7", f.Message)
 		require.False(t, f.Exited)
 		require.Equal(t, supervisor.Permanent, f.Restart)
@@ -603,96 +575,68 @@ func TestReportFromProcessReachesKernelAndContinueKeepsItRunning(t *testing.T) {
 
 		time.Sleep(time.Hour)
 		synctest.Wait()
-		require.Equal(t, int32(1), runs.Load(), "never restarted")
-		status := s.Status()
+		require.Equal(t, int32(1), sc.runs.Load(), "never restarted")
+		status := sc.s.Status()
 		require.Len(t, status, 1)
 		require.Equal(t, supervisor.ProcessRunning, status[0].State)
 		require.Zero(t, status[0].Restarts)
-		require.Equal(t, eventKinds{supervisor.EventStarting, supervisor.EventReady, supervisor.EventFailed}, rec.kinds())
-		require.Equal(t, supervisor.Continue, rec.all()[2].Action)
-		require.NoError(t, run.shutdown())
+		require.Equal(t, eventKinds{supervisor.EventStarting, supervisor.EventReady, supervisor.EventFailed}, sc.rec.allKinds())
+		require.Equal(t, supervisor.Continue, sc.rec.all()[2].Action)
+		require.NoError(t, sc.run.shutdown())
 	})
 }
 
 func TestReportKillCancelsProcessBeforeReturningAndRestartsItAfterBackoff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var log kernelPolicyLog
-		k := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: kernelQuietLogger(), Policy: log.answer(supervisor.Kill)})
-		errBad := errors.New("bad message")
-		trigger, reported := make(chan struct{}), make(chan kernelReported, 1)
-		var runs atomic.Int32
-		tbl := supervisor.NewMapTable[string, supervisor.RunnableFunc]()
-		tbl.Put("w", kernelReportingProcess(trigger, errBad, "message 7", reported, &runs))
-		var rec eventRecorder
-		s := supervisor.NewSupervisor[string, supervisor.RunnableFunc](tbl, supervisor.Options{
-			Name: "sup", Kernel: k, Logger: kernelQuietLogger(), OnEvent: rec.record, Backoff: eventConstantBackoff(time.Second),
-		})
-		run := eventStartRun(t.Context(), s)
-		synctest.Wait()
-		close(trigger)
-		r := <-reported
-		require.Equal(t, supervisor.Kill, r.action)
-		require.Error(t, r.ctxErr, "Kill cancels the process's ctx before Report returns")
+		sc := kernelReportOnce(t, supervisor.Kill, time.Second)
+		require.Equal(t, supervisor.Kill, sc.r.action)
+		require.Error(t, sc.r.ctxErr, "Kill cancels the process's ctx before Report returns")
 
 		time.Sleep(time.Second - time.Nanosecond)
 		synctest.Wait()
-		require.Equal(t, int32(1), runs.Load(), "restarted before the backoff delay")
+		require.Equal(t, int32(1), sc.runs.Load(), "restarted before the backoff delay")
 		time.Sleep(time.Nanosecond)
 		synctest.Wait()
-		require.Equal(t, int32(2), runs.Load(), "restarted after the backoff delay")
+		require.Equal(t, int32(2), sc.runs.Load(), "restarted after the backoff delay")
 
-		require.Len(t, log.all(), 1, "the exit that followed Kill was reported again")
-		recent := k.Recent()
+		require.Len(t, sc.log.all(), 1, "the exit that followed Kill was reported again")
+		recent := sc.k.Recent()
 		require.Len(t, recent, 1)
 		require.False(t, recent[0].Failure.Exited)
 		require.Equal(t, supervisor.Kill, recent[0].Action)
 		require.Equal(t, eventKinds{
 			supervisor.EventStarting, supervisor.EventReady, supervisor.EventFailed, supervisor.EventBackoff,
 			supervisor.EventRestarting, supervisor.EventStarting, supervisor.EventReady,
-		}, rec.kinds())
-		events := rec.all()
+		}, sc.rec.allKinds())
+		events := sc.rec.all()
 		require.Equal(t, supervisor.Kill, events[2].Action)
 		require.Equal(t, time.Second, events[3].Delay)
-		require.Equal(t, r.at.Add(time.Second), events[4].Time)
-		status := s.Status()
+		require.Equal(t, sc.r.at.Add(time.Second), events[4].Time)
+		status := sc.s.Status()
 		require.Len(t, status, 1)
 		require.Equal(t, supervisor.ProcessRunning, status[0].State)
 		require.Equal(t, 1, status[0].Restarts)
-		require.NoError(t, run.shutdown())
+		require.NoError(t, sc.run.shutdown())
 	})
 }
 
 func TestReportAbortEndsProcessForGood(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var log kernelPolicyLog
-		k := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: kernelQuietLogger(), Policy: log.answer(supervisor.Abort)})
-		errBad := errors.New("bad message")
-		trigger, reported := make(chan struct{}), make(chan kernelReported, 1)
-		var runs atomic.Int32
-		tbl := supervisor.NewMapTable[string, supervisor.RunnableFunc]()
-		tbl.Put("w", kernelReportingProcess(trigger, errBad, "message 7", reported, &runs))
-		var rec eventRecorder
-		s := supervisor.NewSupervisor[string, supervisor.RunnableFunc](tbl, supervisor.Options{
-			Name: "sup", Kernel: k, Logger: kernelQuietLogger(), OnEvent: rec.record, Backoff: eventConstantBackoff(time.Second),
-		})
-		run := eventStartRun(t.Context(), s)
-		synctest.Wait()
-		close(trigger)
-		r := <-reported
-		require.Equal(t, supervisor.Abort, r.action)
-		require.Error(t, r.ctxErr, "Abort cancels the process's ctx before Report returns")
+		sc := kernelReportOnce(t, supervisor.Abort, time.Second)
+		require.Equal(t, supervisor.Abort, sc.r.action)
+		require.Error(t, sc.r.ctxErr, "Abort cancels the process's ctx before Report returns")
 
 		time.Sleep(time.Hour) // many backoff delays and scans
 		synctest.Wait()
-		require.Equal(t, int32(1), runs.Load(), "an aborted process was restarted")
-		require.Empty(t, s.Keys())
-		require.Len(t, log.all(), 1, "the exit that followed Abort was reported again")
-		require.Len(t, k.Recent(), 1)
+		require.Equal(t, int32(1), sc.runs.Load(), "an aborted process was restarted")
+		require.Empty(t, sc.s.Keys())
+		require.Len(t, sc.log.all(), 1, "the exit that followed Abort was reported again")
+		require.Len(t, sc.k.Recent(), 1)
 		require.Equal(t, eventKinds{
 			supervisor.EventStarting, supervisor.EventReady, supervisor.EventFailed, supervisor.EventAborted,
-		}, rec.kinds())
-		require.Equal(t, supervisor.Abort, rec.all()[2].Action)
-		require.NoError(t, run.shutdown())
+		}, sc.rec.allKinds())
+		require.Equal(t, supervisor.Abort, sc.rec.all()[2].Action)
+		require.NoError(t, sc.run.shutdown())
 	})
 }
 
@@ -702,24 +646,23 @@ func TestReportOutsideSupervisedProcessReturnsContinue(t *testing.T) {
 
 func TestReportFromNestedSupervisorGoesToInnerKernel(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var innerLog, outerLog kernelPolicyLog
-		innerKernel := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: kernelQuietLogger(), Policy: innerLog.answer(supervisor.Continue)})
-		outerKernel := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: kernelQuietLogger(), Policy: outerLog.answer(supervisor.Continue)})
+		var innerLog, outerLog failureLog
+		innerKernel := quietKernel(innerLog.answer(supervisor.Continue))
+		outerKernel := quietKernel(outerLog.answer(supervisor.Continue))
 		errBad := errors.New("bad message")
 		trigger, reported := make(chan struct{}), make(chan kernelReported, 1)
 		var runs atomic.Int32
 		innerTable := supervisor.NewMapTable[string, supervisor.RunnableFunc]()
 		innerTable.Put("w", kernelReportingProcess(trigger, errBad, nil, reported, &runs))
-		inner := supervisor.NewSupervisor[string, supervisor.RunnableFunc](innerTable, supervisor.Options{
-			Name: "inner", Kernel: innerKernel, Logger: kernelQuietLogger(),
-		})
+		innerOpts := quietOptions("inner", nil)
+		innerOpts.Kernel = innerKernel
+		inner := supervisor.NewSupervisor[string, supervisor.RunnableFunc](innerTable, innerOpts)
 		outerTable := supervisor.NewMapTable[string, *supervisor.Supervisor[string, supervisor.RunnableFunc]]()
 		outerTable.Put("child", inner)
-		outer := supervisor.NewSupervisor[string, *supervisor.Supervisor[string, supervisor.RunnableFunc]](outerTable, supervisor.Options{
-			Name: "outer", Kernel: outerKernel, Logger: kernelQuietLogger(),
-		})
-		run := eventStartRun(t.Context(), outer)
-		synctest.Wait()
+		outerOpts := quietOptions("outer", nil)
+		outerOpts.Kernel = outerKernel
+		outer := supervisor.NewSupervisor[string, *supervisor.Supervisor[string, supervisor.RunnableFunc]](outerTable, outerOpts)
+		run := startRun(t, outer)
 		close(trigger)
 		require.Equal(t, supervisor.Continue, (<-reported).action)
 
@@ -735,8 +678,8 @@ func TestReportFromNestedSupervisorGoesToInnerKernel(t *testing.T) {
 
 func TestErrorKernelSharedBySupervisorsSeesFailuresOfBoth(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var log kernelPolicyLog
-		k := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: kernelQuietLogger(), Policy: log.answer(supervisor.Continue)})
+		var log failureLog
+		k := quietKernel(log.answer(supervisor.Continue))
 		errBoom := errors.New("boom")
 		failOnce := func() supervisor.RunnableFunc {
 			var runs atomic.Int32
@@ -748,14 +691,14 @@ func TestErrorKernelSharedBySupervisorsSeesFailuresOfBoth(t *testing.T) {
 				return ctx.Err()
 			}
 		}
-		var runs []*eventRun
+		var runs []*backgroundRun
 		for _, name := range []string{"a", "b"} {
 			tbl := supervisor.NewMapTable[string, supervisor.RunnableFunc]()
 			tbl.Put("w", failOnce())
-			s := supervisor.NewSupervisor[string, supervisor.RunnableFunc](tbl, supervisor.Options{
-				Name: name, Kernel: k, Logger: kernelQuietLogger(),
-			})
-			runs = append(runs, eventStartRun(t.Context(), s))
+			opts := quietOptions(name, nil)
+			opts.Kernel = k
+			s := supervisor.NewSupervisor[string, supervisor.RunnableFunc](tbl, opts)
+			runs = append(runs, startRun(t, s))
 		}
 		synctest.Wait()
 
@@ -839,15 +782,15 @@ func TestPanicsInProcessesArePanicErrorFailures(t *testing.T) {
 		for _, value := range values {
 			t.Run(place.name+"/"+value.name, func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
-					var log kernelPolicyLog
-					k := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: kernelQuietLogger(), Policy: log.answer(supervisor.Abort)})
+					var log failureLog
+					k := quietKernel(log.answer(supervisor.Abort))
 					tbl := supervisor.NewMapTable[string, supervisor.Runnable]()
 					tbl.Put("w", place.runnable(value.value))
-					var rec eventRecorder
-					s := supervisor.NewSupervisor[string, supervisor.Runnable](tbl, supervisor.Options{
-						Name: "sup", Kernel: k, Logger: kernelQuietLogger(), OnEvent: rec.record,
-					})
-					run := eventStartRun(t.Context(), s)
+					var rec recorder
+					opts := quietOptions("sup", &rec)
+					opts.Kernel = k
+					s := supervisor.NewSupervisor[string, supervisor.Runnable](tbl, opts)
+					run := startRun(t, s)
 					time.Sleep(time.Minute)
 					synctest.Wait()
 
@@ -868,7 +811,7 @@ func TestPanicsInProcessesArePanicErrorFailures(t *testing.T) {
 						require.NoError(t, pe.Unwrap())
 					}
 
-					require.Equal(t, place.wantKinds, rec.kinds())
+					require.Equal(t, place.wantKinds, rec.allKinds())
 					failed := rec.all()[len(place.wantKinds)-2]
 					_, ok = supervisor.IsPanic(failed.Err)
 					require.True(t, ok, "EventFailed carries the *PanicError")

@@ -4,64 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
-
-	"github.com/cenkalti/backoff/v4"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/gosupervise/supervisor"
 )
 
-// eventRecorder collects the events of a supervisor (Options.OnEvent) in the
-// order they were delivered.
-type eventRecorder struct {
-	mu     sync.Mutex
-	events []supervisor.Event
-}
-
-func (r *eventRecorder) record(e supervisor.Event) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.events = append(r.events, e)
-}
-
-func (r *eventRecorder) all() []supervisor.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]supervisor.Event(nil), r.events...)
-}
-
-func (r *eventRecorder) kinds() eventKinds {
-	var kinds eventKinds
-	for _, e := range r.all() {
-		kinds = append(kinds, e.Kind)
-	}
-	return kinds
-}
-
-// eventKinds is a list of kinds that prints as names in failure messages.
-type eventKinds []supervisor.EventKind
-
-func (ks eventKinds) GoString() string {
-	names := make([]string, len(ks))
-	for i, k := range ks {
-		names[i] = k.String()
-	}
-	return "[" + strings.Join(names, " ") + "]"
-}
-
 func TestEventKindString(t *testing.T) {
-	tests := []struct {
-		kind supervisor.EventKind
-		want string
-	}{
+	requireStrings(t, []stringCase[supervisor.EventKind]{
 		{supervisor.EventStarting, "starting"},
 		{supervisor.EventReady, "ready"},
 		{supervisor.EventFailed, "failed"},
@@ -74,12 +28,7 @@ func TestEventKindString(t *testing.T) {
 		{supervisor.EventTooManyRestarts, "too-many-restarts"},
 		{supervisor.EventTableError, "table-error"},
 		{supervisor.EventKind(200), "EventKind(200)"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.want, func(t *testing.T) {
-			require.Equal(t, tt.want, tt.kind.String())
-		})
-	}
+	})
 }
 
 func TestEventStringNamesProcessKindActionDelayAndError(t *testing.T) {
@@ -144,50 +93,16 @@ type eventKey struct {
 	Name  string
 }
 
-// eventQuietLogger keeps the supervisor's logs out of the test output.
-func eventQuietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-// eventConstantBackoff restarts after exactly d, so delays are exact in
-// virtual time.
-func eventConstantBackoff(d time.Duration) func() backoff.BackOff {
-	return func() backoff.BackOff { return backoff.NewConstantBackOff(d) }
-}
-
-// eventRun is a Run in the background. Its callback returns when shutdown
-// is called (a graceful shutdown) or when its ctx is done.
-type eventRun struct {
-	callbackReturn chan struct{}
-	done           chan struct{}
-	err            error
-	returnedAt     time.Time
-}
-
-func eventStartRun[K comparable, P supervisor.Runnable](ctx context.Context, s *supervisor.Supervisor[K, P]) *eventRun {
-	r := &eventRun{callbackReturn: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(r.done)
-		r.err = s.Run(ctx, func(ctx context.Context) error {
-			select {
-			case <-r.callbackReturn:
-			case <-ctx.Done():
-			}
-			return nil
-		})
-		r.returnedAt = time.Now()
-	}()
-	return r
-}
-
-// shutdown makes Run's callback return and waits for Run to return.
-func (r *eventRun) shutdown() error {
-	close(r.callbackReturn)
-	return r.wait()
-}
-
-// wait waits for Run to return on its own.
-func (r *eventRun) wait() error {
-	<-r.done
-	return r.err
+// eventShop runs a supervisor "shop" of table whose options configure sets
+// (nil: the defaults), recording its events into rec.
+func eventShop[K comparable, P supervisor.Runnable](t *testing.T, table supervisor.Table[K, P], configure func(*supervisor.Options)) (rec *recorder, s *supervisor.Supervisor[K, P], run *backgroundRun) {
+	rec = &recorder{}
+	opts := quietOptions("shop", rec)
+	if configure != nil {
+		configure(&opts)
+	}
+	s = supervisor.NewSupervisor(table, opts)
+	return rec, s, startRun(t, s)
 }
 
 // eventRequireStamped checks that every event names the supervisor and the
@@ -209,23 +124,18 @@ func TestEventsOfCleanLifeAreStartingReadyStoppingStopped(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		key := eventKey{Shard: 3, Name: "db"}
 		tbl := supervisor.NewMapTable[eventKey, supervisor.RunnableFunc]()
-		tbl.Put(key, func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() })
-		var rec eventRecorder
-		s := supervisor.NewSupervisor[eventKey, supervisor.RunnableFunc](tbl, supervisor.Options{
-			Name: "shop", Logger: eventQuietLogger(), OnEvent: rec.record,
-		})
-		run := eventStartRun(t.Context(), s)
-		synctest.Wait()
-		require.Equal(t, eventKinds{supervisor.EventStarting, supervisor.EventReady}, rec.kinds())
+		tbl.Put(key, serve)
+		rec, _, run := eventShop(t, tbl, nil)
+		require.Equal(t, eventKinds{supervisor.EventStarting, supervisor.EventReady}, rec.allKinds())
 		time.Sleep(time.Hour) // longer than every default timeout and interval
 		synctest.Wait()
-		require.Equal(t, eventKinds{supervisor.EventStarting, supervisor.EventReady}, rec.kinds(),
+		require.Equal(t, eventKinds{supervisor.EventStarting, supervisor.EventReady}, rec.allKinds(),
 			"a process that runs quietly has no events")
 
 		require.NoError(t, run.shutdown())
 		require.Equal(t, eventKinds{
 			supervisor.EventStarting, supervisor.EventReady, supervisor.EventStopping, supervisor.EventStopped,
-		}, rec.kinds())
+		}, rec.allKinds())
 		events := rec.all()
 		eventRequireStamped(t, events, "shop", fmt.Sprint(key))
 		require.NoError(t, events[3].Err, "a clean stop has no error")
@@ -249,11 +159,9 @@ func TestEventsOfFailureAddFailedAndBackoffBeforeRestart(t *testing.T) {
 			<-ctx.Done()
 			return ctx.Err()
 		})
-		var rec eventRecorder
-		s := supervisor.NewSupervisor[int, supervisor.RunnableFunc](tbl, supervisor.Options{
-			Name: "shop", Logger: eventQuietLogger(), OnEvent: rec.record, Backoff: eventConstantBackoff(time.Second),
+		rec, _, run := eventShop(t, tbl, func(o *supervisor.Options) {
+			o.Backoff = constantBackoff(time.Second)
 		})
-		run := eventStartRun(t.Context(), s)
 		time.Sleep(time.Minute)
 		require.Equal(t, int32(2), runs.Load())
 		require.NoError(t, run.shutdown())
@@ -263,7 +171,7 @@ func TestEventsOfFailureAddFailedAndBackoffBeforeRestart(t *testing.T) {
 			supervisor.EventFailed, supervisor.EventBackoff,
 			supervisor.EventRestarting, supervisor.EventStarting, supervisor.EventReady,
 			supervisor.EventStopping, supervisor.EventStopped,
-		}, rec.kinds())
+		}, rec.allKinds())
 		events := rec.all()
 		eventRequireStamped(t, events, "shop", "42")
 		failed, backoffEvent, restarting := events[2], events[3], events[4]
@@ -287,12 +195,11 @@ func TestEventTooManyRestartsEndsTheSequenceWhenIntensityIsExceeded(t *testing.T
 				return ctx.Err()
 			}
 		})
-		var rec eventRecorder
-		s := supervisor.NewSupervisor[string, supervisor.RunnableFunc](tbl, supervisor.Options{
-			Name: "shop", Logger: eventQuietLogger(), OnEvent: rec.record,
-			Backoff: eventConstantBackoff(time.Second), MaxRestarts: 1, Period: time.Minute,
+		rec, _, run := eventShop(t, tbl, func(o *supervisor.Options) {
+			o.Backoff = constantBackoff(time.Second)
+			o.MaxRestarts = 1
+			o.Period = time.Minute
 		})
-		run := eventStartRun(t.Context(), s)
 		require.ErrorIs(t, run.wait(), supervisor.ErrTooManyRestarts)
 		require.Equal(t, 11*time.Second, run.returnedAt.Sub(rec.all()[0].Time), "gave up at the second failure")
 
@@ -301,7 +208,7 @@ func TestEventTooManyRestartsEndsTheSequenceWhenIntensityIsExceeded(t *testing.T
 			supervisor.EventFailed, supervisor.EventBackoff,
 			supervisor.EventRestarting, supervisor.EventStarting, supervisor.EventReady,
 			supervisor.EventFailed, supervisor.EventTooManyRestarts,
-		}, rec.kinds())
+		}, rec.allKinds())
 		eventRequireStamped(t, rec.all(), "shop", "flaky")
 	})
 }
@@ -355,17 +262,14 @@ func (it *eventBadRowIterator) Close() error { return nil }
 func TestEventTableErrorIsSentAtEveryScanWhenIterFails(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		errDisk := errors.New("disk on fire")
-		var rec eventRecorder
-		s := supervisor.NewSupervisor[string, supervisor.RunnableFunc](eventBrokenTable{err: errDisk}, supervisor.Options{
-			Name: "shop", Logger: eventQuietLogger(), OnEvent: rec.record, ScanInterval: 10 * time.Second,
+		rec, _, run := eventShop(t, eventBrokenTable{err: errDisk}, func(o *supervisor.Options) {
+			o.ScanInterval = 10 * time.Second
 		})
-		run := eventStartRun(t.Context(), s)
-		synctest.Wait()
-		require.Equal(t, eventKinds{supervisor.EventTableError}, rec.kinds(), "the first read")
+		require.Equal(t, eventKinds{supervisor.EventTableError}, rec.allKinds(), "the first read")
 
 		time.Sleep(10 * time.Second)
 		synctest.Wait()
-		require.Equal(t, eventKinds{supervisor.EventTableError, supervisor.EventTableError}, rec.kinds(),
+		require.Equal(t, eventKinds{supervisor.EventTableError, supervisor.EventTableError}, rec.allKinds(),
 			"the next scan")
 		require.NoError(t, run.shutdown())
 
@@ -384,16 +288,11 @@ func TestEventTableErrorIsSentAtEveryScanWhenIterFails(t *testing.T) {
 func TestEventTableErrorForOneRowDoesNotStopTheOthers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		errRow := errors.New("cannot decode row")
-		tbl := eventRowsWithBadRow{err: errRow, good: func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }}
-		var rec eventRecorder
-		s := supervisor.NewSupervisor[string, supervisor.RunnableFunc](tbl, supervisor.Options{
-			Name: "shop", Logger: eventQuietLogger(), OnEvent: rec.record,
-		})
-		run := eventStartRun(t.Context(), s)
-		synctest.Wait()
+		tbl := eventRowsWithBadRow{err: errRow, good: serve}
+		rec, s, run := eventShop(t, tbl, nil)
 		require.Equal(t, eventKinds{
 			supervisor.EventTableError, supervisor.EventStarting, supervisor.EventReady,
-		}, rec.kinds())
+		}, rec.allKinds())
 		events := rec.all()
 		require.ErrorIs(t, events[0].Err, errRow)
 		require.Empty(t, events[0].Process)
@@ -412,19 +311,16 @@ func TestShutdownGivesUpOnProcessIgnoringContextAfterGracefulAndForcedTimeouts(t
 			time.Sleep(25 * time.Second) // ignores ctx
 			return nil
 		})
-		var rec eventRecorder
-		s := supervisor.NewSupervisor[string, supervisor.RunnableFunc](tbl, supervisor.Options{
-			Name: "shop", Logger: eventQuietLogger(), OnEvent: rec.record, StopTimeout: 10 * time.Second,
+		rec, _, run := eventShop(t, tbl, func(o *supervisor.Options) {
+			o.StopTimeout = 10 * time.Second
 		})
-		run := eventStartRun(t.Context(), s)
-		synctest.Wait()
 		stopBegan := time.Now()
 		require.NoError(t, run.shutdown())
 		require.Equal(t, 20*time.Second, run.returnedAt.Sub(stopBegan), "graceful 10s, then forced 10s")
 
 		require.Equal(t, eventKinds{
 			supervisor.EventStarting, supervisor.EventReady, supervisor.EventStopping, supervisor.EventStopTimeout,
-		}, rec.kinds())
+		}, rec.allKinds())
 		events := rec.all()
 		eventRequireStamped(t, events, "shop", "stubborn")
 		require.ErrorIs(t, events[3].Err, supervisor.ErrStopTimeout)
@@ -445,18 +341,15 @@ func TestShutdownIsImmediateWhenProcessReturnsAtGracefulStop(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tbl := supervisor.NewMapTable[string, supervisor.RunnableFunc]()
 		tbl.Put("polite", func(ctx context.Context) error { <-ctx.Done(); return nil })
-		var rec eventRecorder
-		s := supervisor.NewSupervisor[string, supervisor.RunnableFunc](tbl, supervisor.Options{
-			Name: "shop", Logger: eventQuietLogger(), OnEvent: rec.record, StopTimeout: 10 * time.Second,
+		rec, _, run := eventShop(t, tbl, func(o *supervisor.Options) {
+			o.StopTimeout = 10 * time.Second
 		})
-		run := eventStartRun(t.Context(), s)
-		synctest.Wait()
 		stopBegan := time.Now()
 		require.NoError(t, run.shutdown())
 		require.Zero(t, run.returnedAt.Sub(stopBegan))
 		require.Equal(t, eventKinds{
 			supervisor.EventStarting, supervisor.EventReady, supervisor.EventStopping, supervisor.EventStopped,
-		}, rec.kinds())
+		}, rec.allKinds())
 	})
 }
 
@@ -487,12 +380,9 @@ func TestShutdownForcesStopByCancellingContextAtStopTimeout(t *testing.T) {
 				cancelledAt := make(chan time.Time, 1)
 				tbl := supervisor.NewMapTable[string, eventCtxOnlyRunnable]()
 				tbl.Put("deaf", eventCtxOnlyRunnable{cancelledAt: cancelledAt})
-				var rec eventRecorder
-				s := supervisor.NewSupervisor[string, eventCtxOnlyRunnable](tbl, supervisor.Options{
-					Name: "shop", Logger: eventQuietLogger(), OnEvent: rec.record, StopTimeout: tt.stopTimeout,
+				rec, _, run := eventShop(t, tbl, func(o *supervisor.Options) {
+					o.StopTimeout = tt.stopTimeout
 				})
-				run := eventStartRun(t.Context(), s)
-				synctest.Wait()
 				stopBegan := time.Now()
 				require.NoError(t, run.shutdown())
 
@@ -500,7 +390,7 @@ func TestShutdownForcesStopByCancellingContextAtStopTimeout(t *testing.T) {
 				require.Equal(t, tt.want, run.returnedAt.Sub(stopBegan))
 				require.Equal(t, eventKinds{
 					supervisor.EventStarting, supervisor.EventReady, supervisor.EventStopping, supervisor.EventStopped,
-				}, rec.kinds(), "a forced stop that worked is no stop timeout")
+				}, rec.allKinds(), "a forced stop that worked is no stop timeout")
 				eventRequireStamped(t, rec.all(), "shop", "deaf")
 			})
 		})

@@ -2,10 +2,7 @@ package supervisor_test
 
 import (
 	"context"
-	"errors"
-	"log/slog"
 	"slices"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -19,225 +16,18 @@ import (
 // These tests check what happens when a process ends: restart policies,
 // the kernel's answers, backoff, strategies, intensity and nesting.
 
-// restartEvents records every Event a supervisor delivers.
-type restartEvents struct {
-	mu     sync.Mutex
-	events []supervisor.Event
-}
-
-func (r *restartEvents) record(e supervisor.Event) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.events = append(r.events, e)
-}
-
-// about returns the events about process, in order.
-func (r *restartEvents) about(process string) []supervisor.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var events []supervisor.Event
-	for _, e := range r.events {
-		if e.Process == process {
-			events = append(events, e)
-		}
-	}
-	return events
-}
-
-// kinds returns the kinds of the events about process, in order.
-func (r *restartEvents) kinds(process string) []supervisor.EventKind {
-	var kinds []supervisor.EventKind
-	for _, e := range r.about(process) {
-		kinds = append(kinds, e.Kind)
-	}
-	return kinds
-}
-
-// of returns the events of the given kind, about any process, in order.
-func (r *restartEvents) of(kind supervisor.EventKind) []supervisor.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var events []supervisor.Event
-	for _, e := range r.events {
-		if e.Kind == kind {
-			events = append(events, e)
-		}
-	}
-	return events
-}
-
-// processes returns the processes of the events of the given kind, in
-// order.
-func (r *restartEvents) processes(kind supervisor.EventKind) []string {
-	var names []string
-	for _, e := range r.of(kind) {
-		names = append(names, e.Process)
-	}
-	return names
-}
-
-// restartProc is a process whose n-th run (from 0) lasts life(n) and then
-// returns life's error; a nil life or a negative duration runs until
-// stopped.
-type restartProc struct {
-	life func(run int) (time.Duration, error)
-
-	mu     sync.Mutex
-	runs   int               // calls of Run
-	active int               // runs that have not returned
-	ctxs   []context.Context // the ctx of every run
-}
-
-func (p *restartProc) Run(ctx context.Context, callback supervisor.Callback) error {
-	p.mu.Lock()
-	run := p.runs
-	p.runs++
-	p.active++
-	p.ctxs = append(p.ctxs, ctx)
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		p.active--
-		p.mu.Unlock()
-	}()
-	lasts, exitErr := time.Duration(-1), error(nil)
-	if p.life != nil {
-		lasts, exitErr = p.life(run)
-	}
-	return supervisor.RunnableFunc(func(ctx context.Context) error {
-		if lasts < 0 {
-			<-ctx.Done()
-			return ctx.Err()
-		}
-		timer := time.NewTimer(lasts)
-		defer timer.Stop()
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timer.C:
-			return exitErr
-		}
-	}).Run(ctx, callback)
-}
-
-// counts returns how many times the process was run and how many of those
-// runs have not returned yet.
-func (p *restartProc) counts() (runs, active int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.runs, p.active
-}
-
-// contexts returns the ctx of every run so far.
-func (p *restartProc) contexts() []context.Context {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]context.Context(nil), p.ctxs...)
-}
-
-// restartFailingAfter returns a life that fails with err after d, every run.
-func restartFailingAfter(d time.Duration, err error) func(int) (time.Duration, error) {
-	return func(int) (time.Duration, error) { return d, err }
-}
-
-// restartRun is a Run in the background of a synctest bubble.
-type restartRun struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-	err    error
-}
-
-// restartStart runs run (a Supervisor's Run with a ctx) until the test
-// stops it (or ends), and lets the bubble settle before returning.
-func restartStart(t *testing.T, run func(ctx context.Context) error) *restartRun {
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &restartRun{cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(r.done)
-		r.err = run(ctx)
-	}()
-	t.Cleanup(func() { _ = r.stop() })
-	synctest.Wait()
-	return r
-}
-
-// restartSupervise runs s with a nil callback; see restartStart.
-func restartSupervise[K comparable, P supervisor.Runnable](t *testing.T, s *supervisor.Supervisor[K, P]) *restartRun {
-	return restartStart(t, func(ctx context.Context) error { return s.Run(ctx, nil) })
-}
-
-// stop cancels Run's ctx and returns Run's error.
-func (r *restartRun) stop() error {
-	r.cancel()
-	return r.wait()
-}
-
-// wait returns Run's error once it returned.
-func (r *restartRun) wait() error {
-	<-r.done
-	return r.err
-}
-
-// returned reports whether Run has returned.
-func (r *restartRun) returned() bool {
-	select {
-	case <-r.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func restartOptions(events *restartEvents) supervisor.Options {
-	return supervisor.Options{
-		Name:    "sup",
-		Logger:  slog.New(slog.DiscardHandler),
-		OnEvent: events.record,
-	}
-}
-
-// restartAnswer is a policy that always answers action.
-func restartAnswer(action supervisor.Action) supervisor.Policy {
-	return func(context.Context, supervisor.Failure) supervisor.Action { return action }
-}
-
-// restartKernel returns a kernel that decides by policy, and the failures
-// it saw.
-func restartKernel(policy supervisor.Policy) (*supervisor.ErrorKernel, func() []supervisor.Failure) {
-	var (
-		mu       sync.Mutex
-		failures []supervisor.Failure
-	)
-	kernel := supervisor.NewErrorKernel(supervisor.KernelOptions{
-		Logger: slog.New(slog.DiscardHandler),
-		Policy: func(ctx context.Context, f supervisor.Failure) supervisor.Action {
-			mu.Lock()
-			failures = append(failures, f)
-			mu.Unlock()
-			return policy(ctx, f)
-		},
-	})
-	return kernel, func() []supervisor.Failure {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]supervisor.Failure(nil), failures...)
-	}
-}
-
-var errRestartBoom = errors.New("boom")
-
 func TestSupervisorKeepsReadyProcessRunningPastStartTimeout(t *testing.T) {
 	for _, startTimeout := range []time.Duration{0, 5 * time.Second} { // 0: the default, 1m
 		t.Run("StartTimeout="+startTimeout.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				table := supervisor.NewMapTable[string, *restartProc]()
-				proc := &restartProc{}
+				table := supervisor.NewMapTable[string, *fakeProc]()
+				proc := &fakeProc{}
 				table.Put("a", proc)
-				events := &restartEvents{}
-				opts := restartOptions(events)
+				events := &recorder{}
+				opts := quietOptions("sup", events)
 				opts.StartTimeout = startTimeout
 				sup := supervisor.NewSupervisor(table, opts)
-				run := restartSupervise(t, sup)
+				run := startRun(t, sup)
 
 				time.Sleep(10 * time.Minute)
 				synctest.Wait()
@@ -254,13 +44,6 @@ func TestSupervisorKeepsReadyProcessRunningPastStartTimeout(t *testing.T) {
 	}
 }
 
-var (
-	restartRunning   = []supervisor.EventKind{supervisor.EventStarting, supervisor.EventReady}
-	restartRestarted = []supervisor.EventKind{
-		supervisor.EventRestarting, supervisor.EventStarting, supervisor.EventReady,
-	}
-)
-
 func TestSupervisorRestartsByRestartPolicyAndExit(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
@@ -273,11 +56,11 @@ func TestSupervisorRestartsByRestartPolicyAndExit(t *testing.T) {
 	}{
 		{
 			"permanent, clean exit", supervisor.Permanent, nil,
-			slices.Concat([]supervisor.EventKind{supervisor.EventBackoff}, restartRestarted), 0, 2, true,
+			slices.Concat([]supervisor.EventKind{supervisor.EventBackoff}, kindsRestarted), 0, 2, true,
 		},
 		{
-			"permanent, failure", supervisor.Permanent, errRestartBoom,
-			slices.Concat([]supervisor.EventKind{supervisor.EventFailed, supervisor.EventBackoff}, restartRestarted),
+			"permanent, failure", supervisor.Permanent, errBoom,
+			slices.Concat([]supervisor.EventKind{supervisor.EventFailed, supervisor.EventBackoff}, kindsRestarted),
 			supervisor.Kill, 2, true,
 		},
 		{
@@ -285,8 +68,8 @@ func TestSupervisorRestartsByRestartPolicyAndExit(t *testing.T) {
 			[]supervisor.EventKind{supervisor.EventStopped}, 0, 1, false,
 		},
 		{
-			"transient, failure", supervisor.Transient, errRestartBoom,
-			slices.Concat([]supervisor.EventKind{supervisor.EventFailed, supervisor.EventBackoff}, restartRestarted),
+			"transient, failure", supervisor.Transient, errBoom,
+			slices.Concat([]supervisor.EventKind{supervisor.EventFailed, supervisor.EventBackoff}, kindsRestarted),
 			supervisor.Kill, 2, true,
 		},
 		{
@@ -294,32 +77,27 @@ func TestSupervisorRestartsByRestartPolicyAndExit(t *testing.T) {
 			[]supervisor.EventKind{supervisor.EventStopped}, 0, 1, false,
 		},
 		{
-			"temporary, failure", supervisor.Temporary, errRestartBoom,
+			"temporary, failure", supervisor.Temporary, errBoom,
 			[]supervisor.EventKind{supervisor.EventFailed, supervisor.EventAborted}, supervisor.Abort, 1, false,
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				table := supervisor.NewMapTable[string, *restartProc]()
-				proc := &restartProc{life: func(run int) (time.Duration, error) {
-					if run == 0 {
-						return time.Second, tc.exitErr
-					}
-					return -1, nil
-				}}
+				table := supervisor.NewMapTable[string, *fakeProc]()
+				proc := &fakeProc{life: failRuns(time.Second, map[int]error{1: tc.exitErr})}
 				table.Put("a", proc)
-				events := &restartEvents{}
-				kernel := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: slog.New(slog.DiscardHandler)})
-				opts := restartOptions(events)
+				events := &recorder{}
+				kernel := quietKernel(nil)
+				opts := quietOptions("sup", events)
 				opts.Kernel = kernel
 				opts.Restart = tc.policy
 				opts.ScanInterval = 5 * time.Second
 				sup := supervisor.NewSupervisor(table, opts)
-				run := restartSupervise(t, sup)
+				run := startRun(t, sup)
 
 				time.Sleep(30 * time.Second) // the exit, a restart if any, and scans
 				synctest.Wait()
-				require.Equal(t, slices.Concat(restartRunning, tc.wantAfter), events.kinds("a"))
+				require.Equal(t, slices.Concat(kindsRunning, tc.wantAfter), events.kinds("a"))
 				runs, active := proc.counts()
 				require.Equal(t, tc.wantRuns, runs)
 				decisions := kernel.Recent()
@@ -353,14 +131,6 @@ func TestSupervisorRestartsByRestartPolicyAndExit(t *testing.T) {
 	}
 }
 
-// restartPolicyProc is a restartProc that chooses its own restart policy.
-type restartPolicyProc struct {
-	*restartProc
-	policy supervisor.RestartPolicy
-}
-
-func (p restartPolicyProc) RestartPolicy() supervisor.RestartPolicy { return p.policy }
-
 func TestSupervisorLetsProcessOverrideRestartPolicy(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
@@ -370,15 +140,15 @@ func TestSupervisorLetsProcessOverrideRestartPolicy(t *testing.T) {
 		wantAfter []supervisor.EventKind
 	}{
 		{
-			"permanent process under temporary default fails", supervisor.Temporary, supervisor.Permanent, errRestartBoom,
-			slices.Concat([]supervisor.EventKind{supervisor.EventFailed, supervisor.EventBackoff}, restartRestarted),
+			"permanent process under temporary default fails", supervisor.Temporary, supervisor.Permanent, errBoom,
+			slices.Concat([]supervisor.EventKind{supervisor.EventFailed, supervisor.EventBackoff}, kindsRestarted),
 		},
 		{
 			"permanent process under transient default exits cleanly", supervisor.Transient, supervisor.Permanent, nil,
-			slices.Concat([]supervisor.EventKind{supervisor.EventBackoff}, restartRestarted),
+			slices.Concat([]supervisor.EventKind{supervisor.EventBackoff}, kindsRestarted),
 		},
 		{
-			"temporary process under permanent default fails", supervisor.Permanent, supervisor.Temporary, errRestartBoom,
+			"temporary process under permanent default fails", supervisor.Permanent, supervisor.Temporary, errBoom,
 			[]supervisor.EventKind{supervisor.EventFailed, supervisor.EventAborted},
 		},
 		{
@@ -389,24 +159,19 @@ func TestSupervisorLetsProcessOverrideRestartPolicy(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				table := supervisor.NewMapTable[string, supervisor.Runnable]()
-				proc := &restartProc{life: func(run int) (time.Duration, error) {
-					if run == 0 {
-						return time.Second, tc.exitErr
-					}
-					return -1, nil
-				}}
-				table.Put("a", restartPolicyProc{proc, tc.own})
-				events := &restartEvents{}
-				kernel := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: slog.New(slog.DiscardHandler)})
-				opts := restartOptions(events)
+				proc := &fakeProc{life: failRuns(time.Second, map[int]error{1: tc.exitErr})}
+				table.Put("a", withPolicy{proc, tc.own})
+				events := &recorder{}
+				kernel := quietKernel(nil)
+				opts := quietOptions("sup", events)
 				opts.Kernel = kernel
 				opts.Restart = tc.options
 				sup := supervisor.NewSupervisor(table, opts)
-				run := restartSupervise(t, sup)
+				run := startRun(t, sup)
 
 				time.Sleep(10 * time.Second)
 				synctest.Wait()
-				require.Equal(t, slices.Concat(restartRunning, tc.wantAfter), events.kinds("a"))
+				require.Equal(t, slices.Concat(kindsRunning, tc.wantAfter), events.kinds("a"))
 				if tc.exitErr != nil {
 					decisions := kernel.Recent()
 					require.Len(t, decisions, 1)
@@ -424,27 +189,23 @@ func TestSupervisorActsOnKernelAnswerToExit(t *testing.T) {
 		action    supervisor.Action
 		wantAfter []supervisor.EventKind // after EventFailed
 	}{
-		{supervisor.Continue, restartRestarted},
-		{supervisor.Kill, slices.Concat([]supervisor.EventKind{supervisor.EventBackoff}, restartRestarted)},
+		{supervisor.Continue, kindsRestarted},
+		{supervisor.Kill, slices.Concat([]supervisor.EventKind{supervisor.EventBackoff}, kindsRestarted)},
 		{supervisor.Abort, []supervisor.EventKind{supervisor.EventAborted}},
 	} {
 		t.Run(tc.action.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				table := supervisor.NewMapTable[string, *restartProc]()
-				proc := &restartProc{life: func(run int) (time.Duration, error) {
-					if run == 0 {
-						return time.Second, errRestartBoom
-					}
-					return -1, nil
-				}}
+				table := supervisor.NewMapTable[string, *fakeProc]()
+				proc := &fakeProc{life: failRuns(time.Second, map[int]error{1: errBoom})}
 				table.Put("a", proc)
-				events := &restartEvents{}
-				kernel, failures := restartKernel(restartAnswer(tc.action))
-				opts := restartOptions(events)
+				events := &recorder{}
+				var failures failureLog
+				kernel := quietKernel(failures.answer(tc.action))
+				opts := quietOptions("sup", events)
 				opts.Kernel = kernel
 				opts.ScanInterval = 5 * time.Second
 				sup := supervisor.NewSupervisor(table, opts)
-				run := restartSupervise(t, sup)
+				run := startRun(t, sup)
 
 				time.Sleep(time.Second) // the failure
 				synctest.Wait()
@@ -452,10 +213,10 @@ func TestSupervisorActsOnKernelAnswerToExit(t *testing.T) {
 				time.Sleep(time.Minute) // the restart if any, and scans
 				synctest.Wait()
 
-				require.Len(t, failures(), 1)
-				require.True(t, failures()[0].Exited)
-				require.ErrorIs(t, failures()[0].Err, errRestartBoom)
-				want := slices.Concat(restartRunning, []supervisor.EventKind{supervisor.EventFailed}, tc.wantAfter)
+				require.Len(t, failures.all(), 1)
+				require.True(t, failures.all()[0].Exited)
+				require.ErrorIs(t, failures.all()[0].Err, errBoom)
+				want := slices.Concat(kindsRunning, []supervisor.EventKind{supervisor.EventFailed}, tc.wantAfter)
 				require.Equal(t, want, events.kinds("a"))
 				failed := events.of(supervisor.EventFailed)
 				require.Equal(t, tc.action, failed[0].Action)
@@ -491,19 +252,14 @@ func TestSupervisorActsOnKernelAnswerToExit(t *testing.T) {
 
 func TestSupervisorWaitsCustomBackoffBeforeRestart(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		table := supervisor.NewMapTable[string, *restartProc]()
-		proc := &restartProc{life: func(run int) (time.Duration, error) {
-			if run < 3 {
-				return time.Second, errRestartBoom
-			}
-			return -1, nil
-		}}
+		table := supervisor.NewMapTable[string, *fakeProc]()
+		proc := &fakeProc{life: failRuns(time.Second, map[int]error{1: errBoom, 2: errBoom, 3: errBoom})}
 		table.Put("a", proc)
-		events := &restartEvents{}
-		opts := restartOptions(events)
-		opts.Backoff = func() backoff.BackOff { return backoff.NewConstantBackOff(5 * time.Second) }
+		events := &recorder{}
+		opts := quietOptions("sup", events)
+		opts.Backoff = constantBackoff(5 * time.Second)
 		sup := supervisor.NewSupervisor(table, opts)
-		run := restartSupervise(t, sup)
+		run := startRun(t, sup)
 
 		time.Sleep(time.Minute)
 		synctest.Wait()
@@ -531,24 +287,24 @@ func TestSupervisorAbortsProcessWhenBackoffStops(t *testing.T) {
 		exitErr   error
 		wantAfter []supervisor.EventKind
 	}{
-		{"failure", errRestartBoom, []supervisor.EventKind{supervisor.EventFailed, supervisor.EventAborted}},
+		{"failure", errBoom, []supervisor.EventKind{supervisor.EventFailed, supervisor.EventAborted}},
 		{"clean exit of a permanent process", nil, []supervisor.EventKind{supervisor.EventAborted}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				table := supervisor.NewMapTable[string, *restartProc]()
-				proc := &restartProc{life: restartFailingAfter(time.Second, tc.exitErr)}
+				table := supervisor.NewMapTable[string, *fakeProc]()
+				proc := &fakeProc{life: failAfter(time.Second, tc.exitErr)}
 				table.Put("a", proc)
-				events := &restartEvents{}
-				opts := restartOptions(events)
+				events := &recorder{}
+				opts := quietOptions("sup", events)
 				opts.Backoff = func() backoff.BackOff { return &backoff.StopBackOff{} }
 				opts.ScanInterval = 5 * time.Second
 				sup := supervisor.NewSupervisor(table, opts)
-				run := restartSupervise(t, sup)
+				run := startRun(t, sup)
 
 				time.Sleep(time.Minute)
 				synctest.Wait()
-				require.Equal(t, slices.Concat(restartRunning, tc.wantAfter), events.kinds("a"))
+				require.Equal(t, slices.Concat(kindsRunning, tc.wantAfter), events.kinds("a"))
 				runs, active := proc.counts()
 				require.Equal(t, 1, runs, "scans skip the aborted process")
 				require.Zero(t, active)
@@ -606,24 +362,24 @@ func TestSupervisorResetsBackoffOfProcessUpForHealthyAfter(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				table := supervisor.NewMapTable[string, *restartProc]()
-				proc := &restartProc{life: func(run int) (time.Duration, error) {
+				table := supervisor.NewMapTable[string, *fakeProc]()
+				proc := &fakeProc{life: func(ctx context.Context, run int) error {
 					switch {
-					case run < 5: // five quick failures grow the backoff
-						return time.Second, errRestartBoom
-					case run == 5: // up past HealthyAfter, then fails
-						return tc.want + 10*time.Second, errRestartBoom
+					case run <= 5: // five quick failures grow the backoff
+						return exitAfter(ctx, time.Second, errBoom)
+					case run == 6: // up past HealthyAfter, then fails
+						return exitAfter(ctx, tc.want+10*time.Second, errBoom)
 					}
-					return -1, nil
+					return serve(ctx)
 				}}
 				table.Put("a", proc)
-				events := &restartEvents{}
-				kernel := supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: slog.New(slog.DiscardHandler)})
-				opts := restartOptions(events)
+				events := &recorder{}
+				kernel := quietKernel(nil)
+				opts := quietOptions("sup", events)
 				opts.Kernel = kernel
 				opts.HealthyAfter = tc.healthyAfter
 				sup := supervisor.NewSupervisor(table, opts)
-				run := restartSupervise(t, sup)
+				run := startRun(t, sup)
 
 				for i := range 5 {
 					time.Sleep(time.Second) // run i fails
@@ -666,36 +422,16 @@ func TestSupervisorResetsBackoffOfProcessUpForHealthyAfter(t *testing.T) {
 	}
 }
 
-// after returns the events recorded after the first one of kind, which
-// must exist.
-func (r *restartEvents) after(t *testing.T, kind supervisor.EventKind) *restartEvents {
-	t.Helper()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	i := slices.IndexFunc(r.events, func(e supervisor.Event) bool { return e.Kind == kind })
-	require.GreaterOrEqual(t, i, 0, "no %v event", kind)
-	return &restartEvents{events: slices.Clone(r.events[i+1:])}
-}
-
 // restartSiblings builds the table a, b, c (started in that order) in
 // which b fails once, 1s after its start; a value of own gives c that
 // restart policy.
-func restartSiblings(own *supervisor.RestartPolicy) (*supervisor.MapTable[string, supervisor.Runnable], map[string]*restartProc) {
-	procs := map[string]*restartProc{
-		"a": {},
-		"b": {life: func(run int) (time.Duration, error) {
-			if run == 0 {
-				return time.Second, errRestartBoom
-			}
-			return -1, nil
-		}},
-		"c": {},
-	}
+func restartSiblings(own *supervisor.RestartPolicy) (*supervisor.MapTable[string, supervisor.Runnable], map[string]*fakeProc) {
+	procs := failingSiblings()
 	table := supervisor.NewMapTable[string, supervisor.Runnable]()
 	table.Put("a", procs["a"])
 	table.Put("b", procs["b"])
 	if own != nil {
-		table.Put("c", restartPolicyProc{procs["c"], *own})
+		table.Put("c", withPolicy{procs["c"], *own})
 	} else {
 		table.Put("c", procs["c"])
 	}
@@ -715,11 +451,11 @@ func TestSupervisorRestartsSiblingsByStrategy(t *testing.T) {
 		t.Run(tc.strategy.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				table, procs := restartSiblings(nil)
-				events := &restartEvents{}
-				opts := restartOptions(events)
+				events := &recorder{}
+				opts := quietOptions("sup", events)
 				opts.Strategy = tc.strategy
 				sup := supervisor.NewSupervisor(table, opts)
-				run := restartSupervise(t, sup)
+				run := startRun(t, sup)
 				require.Equal(t, []string{"a", "b", "c"}, sup.Keys(), "start order")
 
 				time.Sleep(10 * time.Second)
@@ -753,11 +489,11 @@ func TestSupervisorDoesNotRestartTemporarySiblingInGroupRestart(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				temporary := supervisor.Temporary
 				table, procs := restartSiblings(&temporary)
-				events := &restartEvents{}
-				opts := restartOptions(events)
+				events := &recorder{}
+				opts := quietOptions("sup", events)
 				opts.Strategy = strategy
 				sup := supervisor.NewSupervisor(table, opts)
-				run := restartSupervise(t, sup)
+				run := startRun(t, sup)
 
 				time.Sleep(10 * time.Second)
 				synctest.Wait()
@@ -782,38 +518,31 @@ func TestSupervisorDoesNotRestartTemporarySiblingInGroupRestart(t *testing.T) {
 
 func TestSupervisorGivesUpAfterTooManyRestartsWithinPeriod(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		table := supervisor.NewMapTable[string, *restartProc]()
-		flaky := &restartProc{life: restartFailingAfter(time.Second, errRestartBoom)}
-		steady := &restartProc{}
+		table := supervisor.NewMapTable[string, *fakeProc]()
+		flaky := &fakeProc{life: failAfter(time.Second, errBoom)}
+		steady := &fakeProc{}
 		table.Put("flaky", flaky)
 		table.Put("steady", steady)
-		events := &restartEvents{}
-		opts := restartOptions(events)
+		events := &recorder{}
+		opts := quietOptions("sup", events)
 		opts.MaxRestarts = 3
 		opts.Period = time.Minute
 		sup := supervisor.NewSupervisor(table, opts)
-		var callbackCtx context.Context
-		run := restartStart(t, func(ctx context.Context) error {
-			return sup.Run(ctx, func(ctx context.Context) error {
-				callbackCtx = ctx
-				<-ctx.Done()
-				return nil
-			})
-		})
+		run := startRun(t, sup)
 
 		time.Sleep(time.Minute)
 		synctest.Wait()
 		require.True(t, run.returned(), "Run gave up")
 		err := run.wait()
 		require.ErrorIs(t, err, supervisor.ErrTooManyRestarts)
-		for name, p := range map[string]*restartProc{"flaky": flaky, "steady": steady} {
+		for name, p := range map[string]*fakeProc{"flaky": flaky, "steady": steady} {
 			_, active := p.counts()
 			require.Zero(t, active, "%s returned before Run", name)
 			for _, ctx := range p.contexts() {
 				require.Error(t, ctx.Err(), name)
 			}
 		}
-		require.Error(t, callbackCtx.Err(), "the callback's ctx was cancelled")
+		require.Error(t, run.callbackCtx().Err(), "the callback's ctx was cancelled")
 		runs, _ := flaky.counts()
 		require.Equal(t, 4, runs, "the fourth failure would be the fourth restart")
 		require.Len(t, events.of(supervisor.EventFailed), 4)
@@ -829,15 +558,15 @@ func TestSupervisorGivesUpAfterTooManyRestartsWithinPeriod(t *testing.T) {
 
 func TestSupervisorToleratesRestartsSpreadWiderThanPeriod(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		table := supervisor.NewMapTable[string, *restartProc]()
-		flaky := &restartProc{life: restartFailingAfter(25*time.Second, errRestartBoom)}
+		table := supervisor.NewMapTable[string, *fakeProc]()
+		flaky := &fakeProc{life: failAfter(25*time.Second, errBoom)}
 		table.Put("flaky", flaky)
-		events := &restartEvents{}
-		opts := restartOptions(events)
+		events := &recorder{}
+		opts := quietOptions("sup", events)
 		opts.MaxRestarts = 3
 		opts.Period = time.Minute // 25s apart: at most 3 restarts in any minute
 		sup := supervisor.NewSupervisor(table, opts)
-		run := restartSupervise(t, sup)
+		run := startRun(t, sup)
 
 		time.Sleep(10 * time.Minute)
 		synctest.Wait()
@@ -853,42 +582,37 @@ func TestSupervisorToleratesRestartsSpreadWiderThanPeriod(t *testing.T) {
 
 func TestChildSupervisorThatGivesUpIsAFailureOfItsParent(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		worker := &restartProc{life: func(run int) (time.Duration, error) {
-			if run < 2 { // the child's first Run gives up on its second failure
-				return time.Second, errRestartBoom
-			}
-			return -1, nil
-		}}
-		childTable := supervisor.NewMapTable[string, *restartProc]()
+		// The child's first Run gives up on its second failure.
+		worker := &fakeProc{life: failRuns(time.Second, map[int]error{1: errBoom, 2: errBoom})}
+		childTable := supervisor.NewMapTable[string, *fakeProc]()
 		childTable.Put("worker", worker)
-		childEvents := &restartEvents{}
-		childOpts := restartOptions(childEvents)
-		childOpts.Name = "child"
+		childEvents := &recorder{}
+		childOpts := quietOptions("child", childEvents)
 		childOpts.MaxRestarts = 1
 		childOpts.Period = time.Minute
 		child := supervisor.NewSupervisor(childTable, childOpts)
 
 		parentTable := supervisor.NewMapTable[string, supervisor.Runnable]()
 		parentTable.Put("child", child)
-		parentEvents := &restartEvents{}
-		parentKernel, failures := restartKernel(supervisor.DefaultPolicy)
-		parentOpts := restartOptions(parentEvents)
-		parentOpts.Name = "parent"
+		parentEvents := &recorder{}
+		var failures failureLog
+		parentKernel := quietKernel(failures.deciding(supervisor.DefaultPolicy))
+		parentOpts := quietOptions("parent", parentEvents)
 		parentOpts.Kernel = parentKernel
 		parent := supervisor.NewSupervisor(parentTable, parentOpts)
-		run := restartSupervise(t, parent)
-		require.Equal(t, restartRunning, parentEvents.kinds("child"), "the child is ready once its rows are")
+		run := startRun(t, parent)
+		require.Equal(t, kindsRunning, parentEvents.kinds("child"), "the child is ready once its rows are")
 
 		time.Sleep(time.Minute)
 		synctest.Wait()
 		require.Len(t, childEvents.of(supervisor.EventTooManyRestarts), 1)
-		require.Len(t, failures(), 1)
-		failure := failures()[0]
+		require.Len(t, failures.all(), 1)
+		failure := failures.all()[0]
 		require.Equal(t, "parent/child", failure.Process)
 		require.True(t, failure.Exited)
 		require.ErrorIs(t, failure.Err, supervisor.ErrTooManyRestarts)
-		require.Equal(t, slices.Concat(restartRunning,
-			[]supervisor.EventKind{supervisor.EventFailed, supervisor.EventBackoff}, restartRestarted,
+		require.Equal(t, slices.Concat(kindsRunning,
+			[]supervisor.EventKind{supervisor.EventFailed, supervisor.EventBackoff}, kindsRestarted,
 		), parentEvents.kinds("child"), "the parent restarted the child")
 		runs, active := worker.counts()
 		require.Equal(t, 3, runs, "the restarted child runs its worker again")
@@ -902,57 +626,39 @@ func TestChildSupervisorThatGivesUpIsAFailureOfItsParent(t *testing.T) {
 }
 
 func TestStoppingParentSupervisorStopsChildProcesses(t *testing.T) {
-	cleanLife := []supervisor.EventKind{
-		supervisor.EventStarting, supervisor.EventReady, supervisor.EventStopping, supervisor.EventStopped,
-	}
 	for _, tc := range []struct {
 		name string
 		// stop stops the parent's Run: its callback returns, or its ctx
 		// is cancelled.
-		stop func(run *restartRun, callbackReturns chan struct{}) error
+		stop func(run *backgroundRun) error
 		// graceful: the child's processes are asked to stop, none is
 		// cancelled first (with a cancelled ctx they may end on their own).
 		graceful bool
 	}{
-		{"parent's callback returns", func(run *restartRun, callbackReturns chan struct{}) error {
-			close(callbackReturns)
-			return run.wait()
-		}, true},
-		{"parent's ctx cancelled", func(run *restartRun, _ chan struct{}) error { return run.stop() }, false},
+		{"parent's callback returns", (*backgroundRun).shutdown, true},
+		{"parent's ctx cancelled", (*backgroundRun).stop, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				workers := map[string]*restartProc{"w1": {}, "w2": {}}
-				childTable := supervisor.NewMapTable[string, *restartProc]()
+				workers := map[string]*fakeProc{"w1": {}, "w2": {}}
+				childTable := supervisor.NewMapTable[string, *fakeProc]()
 				childTable.Put("w1", workers["w1"])
 				childTable.Put("w2", workers["w2"])
-				childEvents := &restartEvents{}
-				childOpts := restartOptions(childEvents)
-				childOpts.Name = "child"
+				childEvents := &recorder{}
+				childOpts := quietOptions("child", childEvents)
 				child := supervisor.NewSupervisor(childTable, childOpts)
 
 				parentTable := supervisor.NewMapTable[string, supervisor.Runnable]()
 				parentTable.Put("child", child)
-				parentEvents := &restartEvents{}
-				parentOpts := restartOptions(parentEvents)
-				parentOpts.Name = "parent"
-				parent := supervisor.NewSupervisor(parentTable, parentOpts)
-				callbackReturns := make(chan struct{})
-				run := restartStart(t, func(ctx context.Context) error {
-					return parent.Run(ctx, func(ctx context.Context) error {
-						select {
-						case <-callbackReturns:
-						case <-ctx.Done():
-						}
-						return nil
-					})
-				})
+				parentEvents := &recorder{}
+				parent := supervisor.NewSupervisor(parentTable, quietOptions("parent", parentEvents))
+				run := startRun(t, parent)
 				for name, w := range workers {
 					_, active := w.counts()
 					require.Equal(t, 1, active, name)
 				}
 
-				require.NoError(t, tc.stop(run, callbackReturns))
+				require.NoError(t, tc.stop(run))
 				for name, w := range workers {
 					runs, active := w.counts()
 					require.Equal(t, 1, runs, name)
@@ -960,7 +666,7 @@ func TestStoppingParentSupervisorStopsChildProcesses(t *testing.T) {
 					require.Error(t, w.contexts()[0].Err(), name)
 					kinds := childEvents.kinds(name)
 					if tc.graceful {
-						require.Equal(t, cleanLife, kinds, name)
+						require.Equal(t, kindsStopped, kinds, name)
 					} else {
 						require.Equal(t, supervisor.EventStopped, kinds[len(kinds)-1], name)
 						require.Equal(t, 1, restartCount(kinds, supervisor.EventStopped), name)
@@ -968,7 +674,7 @@ func TestStoppingParentSupervisorStopsChildProcesses(t *testing.T) {
 				}
 				parentKinds := parentEvents.kinds("child")
 				if tc.graceful {
-					require.Equal(t, cleanLife, parentKinds)
+					require.Equal(t, kindsStopped, parentKinds)
 				}
 				require.Equal(t, supervisor.EventStopped, parentKinds[len(parentKinds)-1])
 				require.Equal(t, 1, restartCount(parentKinds, supervisor.EventStopped))

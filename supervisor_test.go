@@ -12,139 +12,10 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/stretchr/testify/require"
 
 	"github.com/gosupervise/supervisor"
 )
-
-// supService is a custom Runnable (not a RunnableFunc): its function gets
-// the callback and decides when the process is ready.
-type supService func(ctx context.Context, callback supervisor.Callback) error
-
-func (f supService) Run(ctx context.Context, callback supervisor.Callback) error {
-	return f(ctx, callback)
-}
-
-// supWithPolicy overrides Options.Restart for one process.
-type supWithPolicy struct {
-	supervisor.Runnable
-	policy supervisor.RestartPolicy
-}
-
-func (p supWithPolicy) RestartPolicy() supervisor.RestartPolicy { return p.policy }
-
-// supBlocking is ready at once and runs until its ctx is done.
-func supBlocking() supervisor.Runnable {
-	return supervisor.RunnableFunc(func(ctx context.Context) error {
-		<-ctx.Done()
-		return ctx.Err()
-	})
-}
-
-// supUnwatchedTable exposes only Get and Iter of a MapTable: the supervisor
-// sees its changes at scans only.
-type supUnwatchedTable[K comparable, V any] struct {
-	rows *supervisor.MapTable[K, V]
-}
-
-func (u supUnwatchedTable[K, V]) Get(ctx context.Context, key K) (V, error) {
-	return u.rows.Get(ctx, key)
-}
-
-func (u supUnwatchedTable[K, V]) Iter(ctx context.Context) (supervisor.Iterator[K, V], error) {
-	return u.rows.Iter(ctx)
-}
-
-// supEvents records every event of a supervisor.
-type supEvents struct {
-	mu   sync.Mutex
-	list []supervisor.Event
-}
-
-func (r *supEvents) add(e supervisor.Event) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.list = append(r.list, e)
-}
-
-// of returns the events about process, in order.
-func (r *supEvents) of(process string) []supervisor.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []supervisor.Event
-	for _, e := range r.list {
-		if e.Process == process {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
-// kinds returns the kinds of the events about process, in order.
-func (r *supEvents) kinds(process string) []supervisor.EventKind {
-	var out []supervisor.EventKind
-	for _, e := range r.of(process) {
-		out = append(out, e.Kind)
-	}
-	return out
-}
-
-// supOptions returns quiet options that record events into ev (if not nil).
-func supOptions(ev *supEvents) supervisor.Options {
-	o := supervisor.Options{Logger: slog.New(slog.DiscardHandler)}
-	if ev != nil {
-		o.OnEvent = ev.add
-	}
-	return o
-}
-
-// supQuietKernel returns a kernel with DefaultPolicy that logs nothing.
-func supQuietKernel() *supervisor.ErrorKernel {
-	return supervisor.NewErrorKernel(supervisor.KernelOptions{Logger: slog.New(slog.DiscardHandler)})
-}
-
-// supConstantBackoff makes every restart delay d.
-func supConstantBackoff(d time.Duration) func() backoff.BackOff {
-	return func() backoff.BackOff { return backoff.NewConstantBackOff(d) }
-}
-
-// supRun runs s in the background with a callback that waits for its ctx
-// and returns once that callback was called. stop cancels Run and returns
-// its error; it also runs at cleanup, so no goroutine outlives a failed test.
-func supRun[K comparable, P supervisor.Runnable](t *testing.T, s *supervisor.Supervisor[K, P]) (stop func() error) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	called := make(chan struct{})
-	done := make(chan error, 1)
-	go func() {
-		done <- s.Run(ctx, func(ctx context.Context) error {
-			close(called)
-			<-ctx.Done()
-			return nil
-		})
-	}()
-	var once sync.Once
-	var runErr error
-	stop = func() error {
-		once.Do(func() {
-			cancel()
-			runErr = <-done
-		})
-		return runErr
-	}
-	t.Cleanup(func() { _ = stop() })
-	select {
-	case <-called:
-	case err := <-done:
-		require.FailNow(t, "Run returned before calling its callback", "%v", err)
-	}
-	// Let the events of the start be delivered: their order relative to
-	// the callback is checked by
-	// TestSupervisorCleanLifeEventsStayInOrderWithASlowLogger.
-	synctest.Wait()
-	return stop
-}
 
 // supKeyedTable returns a MapTable of the given rows, in order.
 func supKeyedTable(rows ...supKeyed) *supervisor.MapTable[string, supervisor.Runnable] {
@@ -160,42 +31,21 @@ type supKeyed struct {
 	run supervisor.Runnable
 }
 
-// supStatusOf returns the status of key, failing the test if it is absent.
-func supStatusOf[K comparable](t *testing.T, statuses []supervisor.ProcessStatus[K], key K) supervisor.ProcessStatus[K] {
-	t.Helper()
-	for _, st := range statuses {
-		if st.Key == key {
-			return st
-		}
-	}
-	require.FailNow(t, "no status for key", "%v in %v", key, statuses)
-	return supervisor.ProcessStatus[K]{}
-}
-
-// supStatusKeys returns the keys of statuses, in order.
-func supStatusKeys[K comparable](statuses []supervisor.ProcessStatus[K]) []K {
-	var keys []K
-	for _, st := range statuses {
-		keys = append(keys, st.Key)
-	}
-	return keys
-}
-
 // Runnable contract (DESIGN.md "Runnable").
 
 func TestSupervisorStartReturnsOnlyAfterCustomRunnableCalledCallback(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var setupDone, callbackCalled atomic.Bool
-		svc := supService(func(ctx context.Context, callback supervisor.Callback) error {
+		svc := service(func(ctx context.Context, callback supervisor.Callback) error {
 			time.Sleep(5 * time.Second) // prepare: open files, dial, warm caches
 			setupDone.Store(true)
 			callbackCalled.Store(true)
 			return callback(ctx)
 		})
 		rows := supervisor.NewMapTable[string, supervisor.Runnable]()
-		ev := &supEvents{}
-		s := supervisor.NewSupervisor[string, supervisor.Runnable](supUnwatchedTable[string, supervisor.Runnable]{rows}, supOptions(ev))
-		stop := supRun(t, s)
+		ev := &recorder{}
+		s := supervisor.NewSupervisor[string, supervisor.Runnable](scanOnly[string, supervisor.Runnable]{rows}, quietOptions("", ev))
+		run := startRunReady(t, s)
 		rows.Put("svc", svc)
 
 		start := time.Now()
@@ -206,13 +56,13 @@ func TestSupervisorStartReturnsOnlyAfterCustomRunnableCalledCallback(t *testing.
 		require.True(t, callbackCalled.Load())
 		_, err = s.Get(context.Background(), "svc")
 		require.NoError(t, err)
-		st := supStatusOf(t, s.Status(), "svc")
+		st := requireStatus(t, s.Status(), "svc")
 		require.Equal(t, supervisor.ProcessRunning, st.State)
 		require.True(t, st.Since.Equal(start.Add(5*time.Second)), "ready at %v", st.Since)
 		synctest.Wait() // see TestSupervisorCleanLifeEventsStayInOrderWithASlowLogger
 		require.Equal(t, []supervisor.EventKind{supervisor.EventStarting, supervisor.EventReady}, ev.kinds("svc"))
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
@@ -220,19 +70,19 @@ func TestSupervisorStopIsGracefulWhenRunnableShutsDownAfterCallbackReturns(t *te
 	synctest.Test(t, func(t *testing.T) {
 		var ctxErrWhenCallbackReturned error
 		var shutDown atomic.Bool
-		svc := supService(func(ctx context.Context, callback supervisor.Callback) error {
+		svc := service(func(ctx context.Context, callback supervisor.Callback) error {
 			err := callback(ctx) // returns when the supervisor asks for a graceful stop
 			ctxErrWhenCallbackReturned = ctx.Err()
 			time.Sleep(time.Second) // flush, close connections
 			shutDown.Store(true)
 			return err
 		})
-		kernel := supQuietKernel()
-		ev := &supEvents{}
-		opts := supOptions(ev)
+		kernel := quietKernel(nil)
+		ev := &recorder{}
+		opts := quietOptions("", ev)
 		opts.Kernel = kernel
 		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"svc", svc}), opts)
-		stop := supRun(t, s)
+		run := startRunReady(t, s)
 
 		start := time.Now()
 		require.NoError(t, s.Stop(context.Background(), "svc"))
@@ -242,29 +92,29 @@ func TestSupervisorStopIsGracefulWhenRunnableShutsDownAfterCallbackReturns(t *te
 		require.Equal(t, []supervisor.EventKind{
 			supervisor.EventStarting, supervisor.EventReady, supervisor.EventStopping, supervisor.EventStopped,
 		}, ev.kinds("svc"))
-		require.NoError(t, ev.of("svc")[3].Err, "a clean stop")
+		require.NoError(t, ev.about("svc")[3].Err, "a clean stop")
 		require.Empty(t, kernel.Recent(), "a clean stop is not a failure")
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
 func TestSupervisorForcesStopByCancellingContextAfterStopTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		forcedAt := make(chan time.Time, 1)
-		svc := supService(func(ctx context.Context, callback supervisor.Callback) error {
+		svc := service(func(ctx context.Context, callback supervisor.Callback) error {
 			_ = callback(ctx)
 			<-ctx.Done() // a shutdown that only ends when forced
 			forcedAt <- time.Now()
 			return ctx.Err()
 		})
-		kernel := supQuietKernel()
-		ev := &supEvents{}
-		opts := supOptions(ev)
+		kernel := quietKernel(nil)
+		ev := &recorder{}
+		opts := quietOptions("", ev)
 		opts.Kernel = kernel
 		opts.StopTimeout = 3 * time.Second
 		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"svc", svc}), opts)
-		stop := supRun(t, s)
+		run := startRunReady(t, s)
 
 		stopAsked := time.Now()
 		require.NoError(t, s.Stop(context.Background(), "svc"))
@@ -273,30 +123,30 @@ func TestSupervisorForcesStopByCancellingContextAfterStopTimeout(t *testing.T) {
 		require.Equal(t, []supervisor.EventKind{
 			supervisor.EventStarting, supervisor.EventReady, supervisor.EventStopping, supervisor.EventStopped,
 		}, ev.kinds("svc"))
-		require.NoError(t, ev.of("svc")[3].Err, "returning ctx.Err() after a forced stop is a clean stop")
+		require.NoError(t, ev.about("svc")[3].Err, "returning ctx.Err() after a forced stop is a clean stop")
 		require.Empty(t, kernel.Recent())
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
 func TestSupervisorRunContextCancelledForcesProcessesToStop(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var callbackReturned, ctxDone atomic.Bool
-		svc := supService(func(ctx context.Context, callback supervisor.Callback) error {
+		svc := service(func(ctx context.Context, callback supervisor.Callback) error {
 			_ = callback(ctx)
 			callbackReturned.Store(true)
 			<-ctx.Done()
 			ctxDone.Store(true)
 			return ctx.Err()
 		})
-		opts := supOptions(nil)
+		opts := quietOptions("", nil)
 		opts.StopTimeout = time.Hour
 		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"svc", svc}), opts)
-		stop := supRun(t, s)
+		run := startRunReady(t, s)
 
 		start := time.Now()
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 		require.Zero(t, time.Since(start), "a cancelled Run ctx forces the stop at once")
 		require.True(t, callbackReturned.Load())
 		require.True(t, ctxDone.Load())
@@ -308,7 +158,7 @@ func TestSupervisorRestartsRunnableThatFailsWhileRunning(t *testing.T) {
 		diskFull := errors.New("disk full")
 		var runs atomic.Int32
 		var callbackReturnedAfterFailure atomic.Bool
-		svc := supService(func(ctx context.Context, callback supervisor.Callback) error {
+		svc := service(func(ctx context.Context, callback supervisor.Callback) error {
 			first := runs.Add(1) == 1
 			callbackCtx, cancel := context.WithCancel(ctx)
 			defer cancel()
@@ -327,13 +177,13 @@ func TestSupervisorRestartsRunnableThatFailsWhileRunning(t *testing.T) {
 				return err
 			}
 		})
-		kernel := supQuietKernel()
-		ev := &supEvents{}
-		opts := supOptions(ev)
+		kernel := quietKernel(nil)
+		ev := &recorder{}
+		opts := quietOptions("", ev)
 		opts.Kernel = kernel
-		opts.Backoff = supConstantBackoff(2 * time.Second)
+		opts.Backoff = constantBackoff(2 * time.Second)
 		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"svc", svc}), opts)
-		stop := supRun(t, s)
+		run := startRunReady(t, s)
 		start := time.Now()
 
 		time.Sleep(4 * time.Second) // fails at 1s, restarts at 3s
@@ -348,7 +198,7 @@ func TestSupervisorRestartsRunnableThatFailsWhileRunning(t *testing.T) {
 		require.True(t, decisions[0].Failure.Exited)
 		require.Equal(t, supervisor.Kill, decisions[0].Action)
 
-		events := ev.of("svc")
+		events := ev.about("svc")
 		require.Equal(t, []supervisor.EventKind{
 			supervisor.EventStarting, supervisor.EventReady, supervisor.EventFailed, supervisor.EventBackoff,
 			supervisor.EventRestarting, supervisor.EventStarting, supervisor.EventReady,
@@ -359,12 +209,12 @@ func TestSupervisorRestartsRunnableThatFailsWhileRunning(t *testing.T) {
 		require.Equal(t, 2*time.Second, events[3].Delay)
 		require.True(t, events[6].Time.Equal(start.Add(3*time.Second)))
 
-		st := supStatusOf(t, s.Status(), "svc")
+		st := requireStatus(t, s.Status(), "svc")
 		require.Equal(t, supervisor.ProcessRunning, st.State)
 		require.Equal(t, 1, st.Restarts)
 		require.ErrorIs(t, st.LastError, diskFull)
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
@@ -461,7 +311,7 @@ func TestNilRunnableFuncRunReturnsErrNilProcess(t *testing.T) {
 // supReadyAfter is a custom Runnable that is ready after setup and records
 // its readiness in ready.
 func supReadyAfter(setup time.Duration, ready *atomic.Bool) supervisor.Runnable {
-	return supService(func(ctx context.Context, callback supervisor.Callback) error {
+	return service(func(ctx context.Context, callback supervisor.Callback) error {
 		select {
 		case <-time.After(setup):
 		case <-ctx.Done():
@@ -480,7 +330,7 @@ func TestSupervisorRunCallsCallbackOnlyAfterEveryRowIsReady(t *testing.T) {
 			supKeyed{"b", supReadyAfter(3*time.Second, &b)},
 			supKeyed{"c", supReadyAfter(2*time.Second, &c)},
 		)
-		s := supervisor.NewSupervisor(table, supOptions(nil))
+		s := supervisor.NewSupervisor(table, quietOptions("", nil))
 		start := time.Now()
 		var calledAfter time.Duration
 		var allReady bool
@@ -508,7 +358,7 @@ func TestSupervisorRunCallsCallbackOnlyAfterEveryRowIsReady(t *testing.T) {
 func TestSupervisorRunCallsCallbackAfterStartTimeoutWhenARowNeverGetsReady(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var fastReady atomic.Bool
-		never := supService(func(ctx context.Context, callback supervisor.Callback) error {
+		never := service(func(ctx context.Context, callback supervisor.Callback) error {
 			<-ctx.Done() // never ready
 			return ctx.Err()
 		})
@@ -516,12 +366,12 @@ func TestSupervisorRunCallsCallbackAfterStartTimeoutWhenARowNeverGetsReady(t *te
 			supKeyed{"fast", supReadyAfter(time.Second, &fastReady)},
 			supKeyed{"never", never},
 		)
-		kernel := supQuietKernel()
-		ev := &supEvents{}
-		opts := supOptions(ev)
+		kernel := quietKernel(nil)
+		ev := &recorder{}
+		opts := quietOptions("", ev)
 		opts.Kernel = kernel
 		opts.StartTimeout = 5 * time.Second
-		opts.Backoff = supConstantBackoff(time.Hour)
+		opts.Backoff = constantBackoff(time.Hour)
 		s := supervisor.NewSupervisor(table, opts)
 		start := time.Now()
 		var calledAfter time.Duration
@@ -541,7 +391,7 @@ func TestSupervisorRunCallsCallbackAfterStartTimeoutWhenARowNeverGetsReady(t *te
 		require.True(t, decisions[0].Failure.Exited)
 		require.True(t, decisions[0].Failure.Time.Equal(start.Add(5*time.Second)))
 
-		failed := ev.of("never")[1]
+		failed := ev.about("never")[1]
 		require.Equal(t, supervisor.EventFailed, failed.Kind)
 		require.ErrorIs(t, failed.Err, supervisor.ErrStartTimeout)
 		require.NotContains(t, ev.kinds("never"), supervisor.EventReady)
@@ -551,22 +401,18 @@ func TestSupervisorRunCallsCallbackAfterStartTimeoutWhenARowNeverGetsReady(t *te
 func TestSupervisorReadyProcessIsNotCancelledByStartTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var funcRuns, customRuns atomic.Int32
-		fn := supervisor.RunnableFunc(func(ctx context.Context) error {
-			funcRuns.Add(1)
-			<-ctx.Done()
-			return ctx.Err()
-		})
-		custom := supService(func(ctx context.Context, callback supervisor.Callback) error {
+		fn := countingServe(&funcRuns)
+		custom := service(func(ctx context.Context, callback supervisor.Callback) error {
 			customRuns.Add(1)
 			return callback(ctx)
 		})
-		kernel := supQuietKernel()
-		ev := &supEvents{}
-		opts := supOptions(ev)
+		kernel := quietKernel(nil)
+		ev := &recorder{}
+		opts := quietOptions("", ev)
 		opts.Kernel = kernel
 		opts.StartTimeout = 5 * time.Second
 		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"func", fn}, supKeyed{"custom", custom}), opts)
-		stop := supRun(t, s)
+		run := startRunReady(t, s)
 
 		time.Sleep(time.Minute) // far past StartTimeout
 		synctest.Wait()
@@ -577,13 +423,13 @@ func TestSupervisorReadyProcessIsNotCancelledByStartTimeout(t *testing.T) {
 			require.Equal(t, []supervisor.EventKind{supervisor.EventStarting, supervisor.EventReady}, ev.kinds(k), k)
 		}
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
 func TestSupervisorMethodsOutsideRunReturnErrNotRunning(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"a", supBlocking()}), supOptions(nil))
+		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"a", blocking()}), quietOptions("", nil))
 		check := func(when string) {
 			_, err := s.Start(context.Background(), "a")
 			require.ErrorIs(t, err, supervisor.ErrNotRunning, "Start %s", when)
@@ -592,8 +438,8 @@ func TestSupervisorMethodsOutsideRunReturnErrNotRunning(t *testing.T) {
 			require.ErrorIs(t, err, supervisor.ErrNotRunning, "Get %s", when)
 		}
 		check("before Run")
-		stop := supRun(t, s)
-		require.NoError(t, stop())
+		run := startRunReady(t, s)
+		require.NoError(t, run.stop())
 		check("after Run returned")
 	})
 }
@@ -601,13 +447,9 @@ func TestSupervisorMethodsOutsideRunReturnErrNotRunning(t *testing.T) {
 func TestSupervisorSecondConcurrentRunReturnsErrAlreadyRunning(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var runs atomic.Int32
-		svc := supervisor.RunnableFunc(func(ctx context.Context) error {
-			runs.Add(1)
-			<-ctx.Done()
-			return ctx.Err()
-		})
-		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"a", svc}), supOptions(nil))
-		stop := supRun(t, s)
+		svc := countingServe(&runs)
+		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"a", svc}), quietOptions("", nil))
+		run := startRunReady(t, s)
 
 		called := false
 		err := s.Run(context.Background(), func(context.Context) error { called = true; return nil })
@@ -618,16 +460,16 @@ func TestSupervisorSecondConcurrentRunReturnsErrAlreadyRunning(t *testing.T) {
 		_, err = s.Get(context.Background(), "a")
 		require.NoError(t, err, "the first Run goes on")
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
 func TestSupervisorStartOfRunningOrStartingKeyReturnsErrProcessExists(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var slowReady atomic.Bool
-		rows := supKeyedTable(supKeyed{"running", supBlocking()})
-		s := supervisor.NewSupervisor[string, supervisor.Runnable](supUnwatchedTable[string, supervisor.Runnable]{rows}, supOptions(nil))
-		stop := supRun(t, s)
+		rows := supKeyedTable(supKeyed{"running", blocking()})
+		s := supervisor.NewSupervisor[string, supervisor.Runnable](scanOnly[string, supervisor.Runnable]{rows}, quietOptions("", nil))
+		run := startRunReady(t, s)
 
 		_, err := s.Start(context.Background(), "running")
 		require.ErrorIs(t, err, supervisor.ErrProcessExists)
@@ -644,28 +486,28 @@ func TestSupervisorStartOfRunningOrStartingKeyReturnsErrProcessExists(t *testing
 		require.NoError(t, <-firstStart)
 		require.Equal(t, []string{"running", "starting"}, s.Keys())
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
 func TestSupervisorStartOfMissingRowReturnsTableErrNotFound(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := supervisor.NewSupervisor(supKeyedTable(), supOptions(nil))
-		stop := supRun(t, s)
+		s := supervisor.NewSupervisor(supKeyedTable(), quietOptions("", nil))
+		run := startRunReady(t, s)
 
 		_, err := s.Start(context.Background(), "missing")
 		require.ErrorIs(t, err, supervisor.ErrNotFound)
 		require.Empty(t, s.Keys())
 		require.Empty(t, s.Status())
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
 func TestSupervisorStopAndGetOfUnknownKeyReturnErrProcessNotFound(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"a", supBlocking()}), supOptions(nil))
-		stop := supRun(t, s)
+		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"a", blocking()}), quietOptions("", nil))
+		run := startRunReady(t, s)
 
 		require.ErrorIs(t, s.Stop(context.Background(), "unknown"), supervisor.ErrProcessNotFound)
 		_, err := s.Get(context.Background(), "unknown")
@@ -676,19 +518,19 @@ func TestSupervisorStopAndGetOfUnknownKeyReturnErrProcessNotFound(t *testing.T) 
 		_, err = s.Get(context.Background(), "a")
 		require.ErrorIs(t, err, supervisor.ErrProcessNotFound, "a stopped key")
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
 func TestSupervisorLoserOfTwoConcurrentStopsGetsErrProcessNotFound(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		svc := supService(func(ctx context.Context, callback supervisor.Callback) error {
+		svc := service(func(ctx context.Context, callback supervisor.Callback) error {
 			err := callback(ctx)
 			time.Sleep(time.Second) // a graceful shutdown that takes a while
 			return err
 		})
-		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"a", svc}), supOptions(nil))
-		stop := supRun(t, s)
+		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"a", svc}), quietOptions("", nil))
+		run := startRunReady(t, s)
 
 		type result struct {
 			err   error
@@ -713,7 +555,7 @@ func TestSupervisorLoserOfTwoConcurrentStopsGetsErrProcessNotFound(t *testing.T)
 		require.NoError(t, winner.err)
 		require.Equal(t, time.Second, winner.after, "the winner waits for the process")
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
@@ -725,16 +567,16 @@ func TestSupervisorGetReturnsErrProcessNotRunningWhileStartingOrInBackoff(t *tes
 			return errors.New("lost connection")
 		})
 		rows := supKeyedTable(supKeyed{"failing", failing})
-		opts := supOptions(nil)
-		opts.Kernel = supQuietKernel()
-		opts.Backoff = supConstantBackoff(10 * time.Second)
-		s := supervisor.NewSupervisor[string, supervisor.Runnable](supUnwatchedTable[string, supervisor.Runnable]{rows}, opts)
-		stop := supRun(t, s)
+		opts := quietOptions("", nil)
+		opts.Kernel = quietKernel(nil)
+		opts.Backoff = constantBackoff(10 * time.Second)
+		s := supervisor.NewSupervisor[string, supervisor.Runnable](scanOnly[string, supervisor.Runnable]{rows}, opts)
+		run := startRunReady(t, s)
 
 		time.Sleep(2 * time.Second) // failed at 1s, back at 11s
 		_, err := s.Get(context.Background(), "failing")
 		require.ErrorIs(t, err, supervisor.ErrProcessNotRunning, "in backoff")
-		require.Equal(t, supervisor.ProcessBackoff, supStatusOf(t, s.Status(), "failing").State)
+		require.Equal(t, supervisor.ProcessBackoff, requireStatus(t, s.Status(), "failing").State)
 
 		rows.Put("starting", supReadyAfter(5*time.Second, &slowReady))
 		started := make(chan error, 1)
@@ -745,12 +587,12 @@ func TestSupervisorGetReturnsErrProcessNotRunningWhileStartingOrInBackoff(t *tes
 		synctest.Wait()
 		_, err = s.Get(context.Background(), "starting")
 		require.ErrorIs(t, err, supervisor.ErrProcessNotRunning, "starting")
-		require.Equal(t, supervisor.ProcessStarting, supStatusOf(t, s.Status(), "starting").State)
+		require.Equal(t, supervisor.ProcessStarting, requireStatus(t, s.Status(), "starting").State)
 		require.NoError(t, <-started)
 		_, err = s.Get(context.Background(), "starting")
 		require.NoError(t, err, "ready")
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
@@ -759,7 +601,7 @@ func TestSupervisorStopReturnsErrStopTimeoutAfterTwiceStopTimeout(t *testing.T) 
 		release := make(chan struct{})
 		releaseOnce := sync.OnceFunc(func() { close(release) })
 		forcedAt := make(chan time.Time, 1)
-		stubborn := supService(func(ctx context.Context, callback supervisor.Callback) error {
+		stubborn := service(func(ctx context.Context, callback supervisor.Callback) error {
 			go func() {
 				<-ctx.Done()
 				forcedAt <- time.Now()
@@ -768,11 +610,11 @@ func TestSupervisorStopReturnsErrStopTimeoutAfterTwiceStopTimeout(t *testing.T) 
 			<-release // ignores its ctx
 			return nil
 		})
-		ev := &supEvents{}
-		opts := supOptions(ev)
+		ev := &recorder{}
+		opts := quietOptions("", ev)
 		opts.StopTimeout = 3 * time.Second
 		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"stubborn", stubborn}), opts)
-		stop := supRun(t, s)
+		run := startRunReady(t, s)
 		defer releaseOnce() // so that Run can return if an assertion fails
 
 		stopAsked := time.Now()
@@ -784,7 +626,7 @@ func TestSupervisorStopReturnsErrStopTimeoutAfterTwiceStopTimeout(t *testing.T) 
 
 		releaseOnce()
 		synctest.Wait()
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
@@ -810,8 +652,8 @@ func (w *supWatchSpy) watchContexts() []context.Context {
 
 func TestSupervisorRunEndsItsTableWatchWhenItReturns(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		table := &supWatchSpy{MapTable: supKeyedTable(supKeyed{"a", supBlocking()})}
-		s := supervisor.NewSupervisor[string, supervisor.Runnable](table, supOptions(nil))
+		table := &supWatchSpy{MapTable: supKeyedTable(supKeyed{"a", blocking()})}
+		s := supervisor.NewSupervisor[string, supervisor.Runnable](table, quietOptions("", nil))
 		// Run's ctx stays live after Run returned (cancelled at cleanup
 		// only): nothing Run started may depend on it to end.
 		err := s.Run(t.Context(), func(context.Context) error { return nil })
@@ -834,46 +676,42 @@ func TestSupervisorCanRunAgainWithFreshState(t *testing.T) {
 			<-ctx.Done()
 			return ctx.Err()
 		})
-		table := supKeyedTable(supKeyed{"a", supBlocking()}, supKeyed{"b", b})
-		opts := supOptions(nil)
-		opts.Kernel = supQuietKernel()
-		opts.Backoff = supConstantBackoff(time.Second)
+		table := supKeyedTable(supKeyed{"a", blocking()}, supKeyed{"b", b})
+		opts := quietOptions("", nil)
+		opts.Kernel = quietKernel(nil)
+		opts.Backoff = constantBackoff(time.Second)
 		s := supervisor.NewSupervisor(table, opts)
 
-		stop := supRun(t, s)
+		run := startRunReady(t, s)
 		time.Sleep(2 * time.Second)
 		require.NoError(t, s.Stop(context.Background(), "a"))
 		require.Equal(t, []string{"b"}, s.Keys())
-		stB := supStatusOf(t, s.Status(), "b")
+		stB := requireStatus(t, s.Status(), "b")
 		require.Equal(t, 1, stB.Restarts)
 		require.ErrorIs(t, stB.LastError, flaky)
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 		require.Nil(t, s.Keys(), "no processes outside Run")
 
-		stop = supRun(t, s)
+		run = startRunReady(t, s)
 		require.Equal(t, []string{"a", "b"}, s.Keys(), "a fresh read of the table: the stopped row runs again")
 		for _, st := range s.Status() {
 			require.Equal(t, supervisor.ProcessRunning, st.State, st.Key)
 			require.Zero(t, st.Restarts, st.Key)
 			require.NoError(t, st.LastError, st.Key)
 		}
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
 func TestSupervisorStoppedProcessStaysStoppedUntilStart(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var runs atomic.Int32
-		svc := supervisor.RunnableFunc(func(ctx context.Context) error {
-			runs.Add(1)
-			<-ctx.Done()
-			return ctx.Err()
-		})
-		rows := supKeyedTable(supKeyed{"a", svc}, supKeyed{"b", supBlocking()})
-		opts := supOptions(nil)
+		svc := countingServe(&runs)
+		rows := supKeyedTable(supKeyed{"a", svc}, supKeyed{"b", blocking()})
+		opts := quietOptions("", nil)
 		opts.ScanInterval = time.Second
-		s := supervisor.NewSupervisor[string, supervisor.Runnable](supUnwatchedTable[string, supervisor.Runnable]{rows}, opts)
-		stop := supRun(t, s)
+		s := supervisor.NewSupervisor[string, supervisor.Runnable](scanOnly[string, supervisor.Runnable]{rows}, opts)
+		run := startRunReady(t, s)
 
 		require.NoError(t, s.Stop(context.Background(), "a"))
 		time.Sleep(5*time.Second + time.Millisecond) // five scans
@@ -892,7 +730,7 @@ func TestSupervisorStoppedProcessStaysStoppedUntilStart(t *testing.T) {
 		synctest.Wait()
 		require.Equal(t, int32(2), runs.Load(), "scans leave the started process alone")
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
@@ -932,13 +770,13 @@ func TestSupervisorScansSkipProcessesThatEndedForGood(t *testing.T) {
 					runs.Add(1)
 					return tt.run(ctx)
 				})
-				rows := supKeyedTable(supKeyed{"p", supWithPolicy{f, tt.policy}})
-				ev := &supEvents{}
-				opts := supOptions(ev)
-				opts.Kernel = supQuietKernel()
+				rows := supKeyedTable(supKeyed{"p", withPolicy{f, tt.policy}})
+				ev := &recorder{}
+				opts := quietOptions("", ev)
+				opts.Kernel = quietKernel(nil)
 				opts.ScanInterval = time.Second
-				s := supervisor.NewSupervisor[string, supervisor.Runnable](supUnwatchedTable[string, supervisor.Runnable]{rows}, opts)
-				stop := supRun(t, s)
+				s := supervisor.NewSupervisor[string, supervisor.Runnable](scanOnly[string, supervisor.Runnable]{rows}, opts)
+				run := startRunReady(t, s)
 
 				time.Sleep(10 * time.Second) // nine scans after the end
 				synctest.Wait()
@@ -947,7 +785,7 @@ func TestSupervisorScansSkipProcessesThatEndedForGood(t *testing.T) {
 				require.Empty(t, s.Keys())
 				require.Empty(t, s.Status())
 
-				require.NoError(t, stop())
+				require.NoError(t, run.stop())
 			})
 		})
 	}
@@ -956,7 +794,7 @@ func TestSupervisorScansSkipProcessesThatEndedForGood(t *testing.T) {
 // supFailingBeforeReady is a custom Runnable whose setup fails: it returns
 // err without calling its callback.
 func supFailingBeforeReady(err error, runs *atomic.Int32) supervisor.Runnable {
-	return supService(func(ctx context.Context, callback supervisor.Callback) error {
+	return service(func(ctx context.Context, callback supervisor.Callback) error {
 		runs.Add(1)
 		time.Sleep(time.Second)
 		return err
@@ -968,21 +806,12 @@ func TestSupervisorFailedStartReturnsErrorAndLeavesNothingRunning(t *testing.T) 
 		badConfig := errors.New("bad config")
 		var runs atomic.Int32
 		rows := supervisor.NewMapTable[string, supervisor.Runnable]()
-		var mu sync.Mutex
-		var failures []supervisor.Failure
-		kernel := supervisor.NewErrorKernel(supervisor.KernelOptions{
-			Logger: slog.New(slog.DiscardHandler),
-			Policy: func(ctx context.Context, f supervisor.Failure) supervisor.Action {
-				mu.Lock()
-				failures = append(failures, f)
-				mu.Unlock()
-				return supervisor.DefaultPolicy(ctx, f)
-			},
-		})
-		opts := supOptions(nil)
+		var log failureLog
+		kernel := quietKernel(log.deciding(supervisor.DefaultPolicy))
+		opts := quietOptions("", nil)
 		opts.Kernel = kernel
-		s := supervisor.NewSupervisor[string, supervisor.Runnable](supUnwatchedTable[string, supervisor.Runnable]{rows}, opts)
-		stop := supRun(t, s)
+		s := supervisor.NewSupervisor[string, supervisor.Runnable](scanOnly[string, supervisor.Runnable]{rows}, opts)
+		run := startRunReady(t, s)
 		rows.Put("bad", supFailingBeforeReady(badConfig, &runs))
 
 		_, err := s.Start(context.Background(), "bad")
@@ -993,19 +822,18 @@ func TestSupervisorFailedStartReturnsErrorAndLeavesNothingRunning(t *testing.T) 
 		_, err = s.Get(context.Background(), "bad")
 		require.ErrorIs(t, err, supervisor.ErrProcessNotFound)
 
-		mu.Lock()
+		failures := log.all()
 		require.Len(t, failures, 1, "the failed start reached the kernel")
 		require.Equal(t, "supervisor/bad", failures[0].Process)
 		require.ErrorIs(t, failures[0].Err, badConfig)
 		require.True(t, failures[0].Exited)
-		mu.Unlock()
 
 		time.Sleep(10 * time.Second) // past any backoff, before the next scan
 		synctest.Wait()
 		require.Equal(t, int32(1), runs.Load(), "a failed Start is not restarted")
 		require.Empty(t, s.Keys())
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
@@ -1015,19 +843,16 @@ func TestSupervisorFailedStartIsGoneWhenStartReturns(t *testing.T) {
 		var runs atomic.Int32
 		rows := supervisor.NewMapTable[string, supervisor.Runnable]()
 		decide := make(chan struct{})
-		kernel := supervisor.NewErrorKernel(supervisor.KernelOptions{
-			Logger: slog.New(slog.DiscardHandler),
-			Policy: func(ctx context.Context, f supervisor.Failure) supervisor.Action {
-				<-decide // a slow decision
-				return supervisor.DefaultPolicy(ctx, f)
-			},
+		kernel := quietKernel(func(ctx context.Context, f supervisor.Failure) supervisor.Action {
+			<-decide // a slow decision
+			return supervisor.DefaultPolicy(ctx, f)
 		})
 		decideOnce := sync.OnceFunc(func() { close(decide) })
 		defer decideOnce()
-		opts := supOptions(nil)
+		opts := quietOptions("", nil)
 		opts.Kernel = kernel
-		s := supervisor.NewSupervisor[string, supervisor.Runnable](supUnwatchedTable[string, supervisor.Runnable]{rows}, opts)
-		stop := supRun(t, s)
+		s := supervisor.NewSupervisor[string, supervisor.Runnable](scanOnly[string, supervisor.Runnable]{rows}, opts)
+		run := startRunReady(t, s)
 		rows.Put("bad", supFailingBeforeReady(badConfig, &runs))
 
 		startReturned := make(chan error, 1)
@@ -1052,7 +877,7 @@ func TestSupervisorFailedStartIsGoneWhenStartReturns(t *testing.T) {
 		decideOnce()
 		synctest.Wait()
 		require.Empty(t, s.Keys())
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
@@ -1084,8 +909,8 @@ func TestSupervisorStartWithCancelledContextReturnsCtxErr(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				var ready atomic.Bool
 				rows := supervisor.NewMapTable[string, supervisor.Runnable]()
-				s := supervisor.NewSupervisor[string, supervisor.Runnable](supUnwatchedTable[string, supervisor.Runnable]{rows}, supOptions(nil))
-				stop := supRun(t, s)
+				s := supervisor.NewSupervisor[string, supervisor.Runnable](scanOnly[string, supervisor.Runnable]{rows}, quietOptions("", nil))
+				run := startRunReady(t, s)
 				rows.Put("slow", supReadyAfter(10*time.Second, &ready))
 
 				ctx, cancel := tt.ctx()
@@ -1102,7 +927,7 @@ func TestSupervisorStartWithCancelledContextReturnsCtxErr(t *testing.T) {
 				_, err = s.Get(context.Background(), "slow")
 				require.NoError(t, err)
 
-				require.NoError(t, stop())
+				require.NoError(t, run.stop())
 			})
 		})
 	}
@@ -1112,7 +937,7 @@ func TestSupervisorStatusReportsStateRestartsLastErrorAndSince(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var runs atomic.Int32
 		errs := []error{errors.New("first failure"), errors.New("second failure")}
-		flaky := supService(func(ctx context.Context, callback supervisor.Callback) error {
+		flaky := service(func(ctx context.Context, callback supervisor.Callback) error {
 			n := runs.Add(1)
 			if n > 2 {
 				return callback(ctx)
@@ -1123,19 +948,19 @@ func TestSupervisorStatusReportsStateRestartsLastErrorAndSince(t *testing.T) {
 			return errs[n-1]
 		})
 		var slowReady atomic.Bool
-		slowStop := supService(func(ctx context.Context, callback supervisor.Callback) error {
+		slowStop := service(func(ctx context.Context, callback supervisor.Callback) error {
 			err := callback(ctx)
 			time.Sleep(time.Hour) // a long graceful shutdown
 			return err
 		})
-		rows := supKeyedTable(supKeyed{"flaky", flaky}, supKeyed{"steady", supBlocking()}, supKeyed{"slowStop", slowStop})
-		opts := supOptions(nil)
-		opts.Kernel = supQuietKernel()
-		opts.Backoff = supConstantBackoff(2 * time.Second)
+		rows := supKeyedTable(supKeyed{"flaky", flaky}, supKeyed{"steady", blocking()}, supKeyed{"slowStop", slowStop})
+		opts := quietOptions("", nil)
+		opts.Kernel = quietKernel(nil)
+		opts.Backoff = constantBackoff(2 * time.Second)
 		opts.StopTimeout = 2 * time.Hour
-		s := supervisor.NewSupervisor[string, supervisor.Runnable](supUnwatchedTable[string, supervisor.Runnable]{rows}, opts)
+		s := supervisor.NewSupervisor[string, supervisor.Runnable](scanOnly[string, supervisor.Runnable]{rows}, opts)
 		start := time.Now()
-		stop := supRun(t, s)
+		run := startRunReady(t, s)
 		at := func(d time.Duration) time.Time { return start.Add(d) }
 		type status struct {
 			State     supervisor.ProcessState
@@ -1145,7 +970,7 @@ func TestSupervisorStatusReportsStateRestartsLastErrorAndSince(t *testing.T) {
 		}
 		check := func(key string, want status) {
 			t.Helper()
-			st := supStatusOf(t, s.Status(), key)
+			st := requireStatus(t, s.Status(), key)
 			got := status{st.State, st.Restarts, st.LastError, st.Since}
 			require.True(t, want.Since.Equal(got.Since), "%s: Since %v, want %v", key, got.Since, want.Since)
 			got.Since = want.Since
@@ -1169,18 +994,18 @@ func TestSupervisorStatusReportsStateRestartsLastErrorAndSince(t *testing.T) {
 		go func() { _ = s.Stop(context.Background(), "slowStop") }()
 		time.Sleep(time.Second) // 7.5s
 		check("slowStop", status{supervisor.ProcessStopping, 0, nil, at(6500 * time.Millisecond)})
-		require.Equal(t, []string{"flaky", "steady", "slowStop", "starting"}, supStatusKeys(s.Status()),
+		require.Equal(t, []string{"flaky", "steady", "slowStop", "starting"}, statusKeys(s.Status()),
 			"Status lists processes in start order, including the ones being stopped")
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
 func TestSupervisorKeysAreInStartOrder(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		table := supKeyedTable(supKeyed{"a", supBlocking()}, supKeyed{"b", supBlocking()}, supKeyed{"c", supBlocking()})
-		s := supervisor.NewSupervisor(table, supOptions(nil))
-		stop := supRun(t, s)
+		table := supKeyedTable(supKeyed{"a", blocking()}, supKeyed{"b", blocking()}, supKeyed{"c", blocking()})
+		s := supervisor.NewSupervisor(table, quietOptions("", nil))
+		run := startRunReady(t, s)
 		require.Equal(t, []string{"a", "b", "c"}, s.Keys())
 
 		require.NoError(t, s.Stop(context.Background(), "a"))
@@ -1188,9 +1013,9 @@ func TestSupervisorKeysAreInStartOrder(t *testing.T) {
 		_, err := s.Start(context.Background(), "a")
 		require.NoError(t, err)
 		require.Equal(t, []string{"b", "c", "a"}, s.Keys(), "a restarted by Start goes last, whatever the table order")
-		require.Equal(t, []string{"b", "c", "a"}, supStatusKeys(s.Status()))
+		require.Equal(t, []string{"b", "c", "a"}, statusKeys(s.Status()))
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
@@ -1207,7 +1032,7 @@ func TestSupervisorRunRefusesNilTable(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				s := supervisor.NewSupervisor(tt.table, supOptions(nil))
+				s := supervisor.NewSupervisor(tt.table, quietOptions("", nil))
 				called := false
 				err := s.Run(t.Context(), func(context.Context) error { called = true; return nil })
 				require.ErrorIs(t, err, supervisor.ErrInvalidOptions)
@@ -1240,7 +1065,7 @@ func TestSupervisorRunRefusesInvalidOptionsNamingTheField(t *testing.T) {
 					<-ctx.Done()
 					return nil
 				})
-				opts := supOptions(nil)
+				opts := quietOptions("", nil)
 				tt.modify(&opts)
 				s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"a", svc}), opts)
 				called := false
@@ -1271,15 +1096,12 @@ func supCheckNilProcessFails[P supervisor.Runnable](t *testing.T, nilValue, sibl
 		table := supervisor.NewMapTable[string, P]()
 		table.Put("nil", nilValue)
 		table.Put("sibling", sibling)
-		kernel := supervisor.NewErrorKernel(supervisor.KernelOptions{
-			Logger: slog.New(slog.DiscardHandler),
-			Policy: func(context.Context, supervisor.Failure) supervisor.Action { return supervisor.Abort },
-		})
-		ev := &supEvents{}
-		opts := supOptions(ev)
+		kernel := quietKernel(always(supervisor.Abort))
+		ev := &recorder{}
+		opts := quietOptions("", ev)
 		opts.Kernel = kernel
 		s := supervisor.NewSupervisor(table, opts)
-		stop := supRun(t, s)
+		run := startRunReady(t, s)
 		synctest.Wait()
 
 		decisions := kernel.Recent()
@@ -1299,33 +1121,29 @@ func supCheckNilProcessFails[P supervisor.Runnable](t *testing.T, nilValue, sibl
 		synctest.Wait() // see TestSupervisorFailedStartIsGoneWhenStartReturns
 		require.Equal(t, []string{"sibling"}, s.Keys())
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
 
 func TestSupervisorNilProcessIsAStartFailureNotAPanic(t *testing.T) {
 	t.Run("nil interface value", func(t *testing.T) {
-		supCheckNilProcessFails[supervisor.Runnable](t, nil, supBlocking())
+		supCheckNilProcessFails[supervisor.Runnable](t, nil, blocking())
 	})
 	t.Run("typed nil pointer in an interface", func(t *testing.T) {
-		supCheckNilProcessFails[supervisor.Runnable](t, (*supNilable)(nil), supBlocking())
+		supCheckNilProcessFails[supervisor.Runnable](t, (*supNilable)(nil), blocking())
 	})
 	t.Run("typed nil pointer", func(t *testing.T) {
 		supCheckNilProcessFails(t, (*supNilable)(nil), &supNilable{})
 	})
 	t.Run("nil RunnableFunc", func(t *testing.T) {
-		supCheckNilProcessFails(t, supervisor.RunnableFunc(nil), supBlocking().(supervisor.RunnableFunc))
+		supCheckNilProcessFails(t, supervisor.RunnableFunc(nil), blocking().(supervisor.RunnableFunc))
 	})
 }
 
 func TestSupervisorZeroOptionsWork(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var runs atomic.Int32
-		svc := supervisor.RunnableFunc(func(ctx context.Context) error {
-			runs.Add(1)
-			<-ctx.Done()
-			return ctx.Err()
-		})
+		svc := countingServe(&runs)
 		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"a", svc}), supervisor.Options{})
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
@@ -1343,8 +1161,8 @@ func TestSupervisorZeroOptionsWork(t *testing.T) {
 
 func TestSupervisorRunWithNilCallbackWaitsForContext(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		ev := &supEvents{}
-		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"a", supBlocking()}), supOptions(ev))
+		ev := &recorder{}
+		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"a", blocking()}), quietOptions("", ev))
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		done := make(chan error, 1)
@@ -1370,12 +1188,12 @@ func TestSupervisorRunWithNilCallbackWaitsForContext(t *testing.T) {
 func TestSupervisorRunReturnsPanicErrorWhenCallbackPanics(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var stopped atomic.Int32
-		svc := supService(func(ctx context.Context, callback supervisor.Callback) error {
+		svc := service(func(ctx context.Context, callback supervisor.Callback) error {
 			defer stopped.Add(1)
 			return callback(ctx)
 		})
-		ev := &supEvents{}
-		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"a", svc}, supKeyed{"b", svc}), supOptions(ev))
+		ev := &recorder{}
+		s := supervisor.NewSupervisor(supKeyedTable(supKeyed{"a", svc}, supKeyed{"b", svc}), quietOptions("", ev))
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 
@@ -1415,12 +1233,12 @@ func (h supSlowHandler) WithGroup(string) slog.Handler      { return h }
 func TestSupervisorCleanLifeEventsStayInOrderWithASlowLogger(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rows := supervisor.NewMapTable[string, supervisor.Runnable]()
-		ev := &supEvents{}
-		opts := supOptions(ev)
+		ev := &recorder{}
+		opts := quietOptions("", ev)
 		opts.Logger = slog.New(supSlowHandler{slowOn: supervisor.EventReady.String()})
-		s := supervisor.NewSupervisor[string, supervisor.Runnable](supUnwatchedTable[string, supervisor.Runnable]{rows}, opts)
-		stop := supRun(t, s)
-		rows.Put("a", supBlocking())
+		s := supervisor.NewSupervisor[string, supervisor.Runnable](scanOnly[string, supervisor.Runnable]{rows}, opts)
+		run := startRunReady(t, s)
+		rows.Put("a", blocking())
 
 		_, err := s.Start(context.Background(), "a")
 		require.NoError(t, err)
@@ -1429,6 +1247,6 @@ func TestSupervisorCleanLifeEventsStayInOrderWithASlowLogger(t *testing.T) {
 			supervisor.EventStarting, supervisor.EventReady, supervisor.EventStopping, supervisor.EventStopped,
 		}, ev.kinds("a"), "a clean life, in order")
 
-		require.NoError(t, stop())
+		require.NoError(t, run.stop())
 	})
 }
