@@ -97,26 +97,22 @@ func (a *attempt[K, P]) Value(key any) any {
 }
 
 // settledChan returns a channel closed once a is settled; t.mu held.
-func (a *attempt[K, P]) settledChan() <-chan struct{} {
-	if a.settled == nil {
-		a.settled = make(chan struct{})
-		if a.isSettled {
-			close(a.settled)
-		}
-	}
-	return a.settled
-}
+func (a *attempt[K, P]) settledChan() <-chan struct{} { return signal(&a.settled, a.isSettled) }
 
 // exitedChan returns a channel closed once the process has returned;
 // t.mu held.
-func (a *attempt[K, P]) exitedChan() <-chan struct{} {
-	if a.exited == nil {
-		a.exited = make(chan struct{})
-		if a.ended {
-			close(a.exited)
+func (a *attempt[K, P]) exitedChan() <-chan struct{} { return signal(&a.exited, a.ended) }
+
+// signal makes *ch on first use — closed if the event already happened —
+// so that attempts nobody waits on allocate no channel.
+func signal(ch *chan struct{}, happened bool) <-chan struct{} {
+	if *ch == nil {
+		*ch = make(chan struct{})
+		if happened {
+			close(*ch)
 		}
 	}
-	return a.exited
+	return *ch
 }
 
 // tree is the state of one Run.
