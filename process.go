@@ -58,6 +58,7 @@ type process[K comparable, P Runnable] struct {
 	bo         backoff.BackOff // created at the first failure
 	startTimer *time.Timer     // fails unready attempts; one per process
 	deciding   bool            // its exit is with the kernel
+	stopped    chan struct{}   // made by Stop: closed once the process has stopped (or its exit is with the kernel)
 	unhealthy  bool            // failed since it last ran healthy
 	events     []Event         // queued for delivery, in the order they happened
 	draining   bool            // a goroutine is delivering events
@@ -521,7 +522,11 @@ func (t *tree[K, P]) isStopExit(err error) bool {
 func (t *tree[K, P]) reportExit(p *process[K, P], err error) Action {
 	t.mu.Lock()
 	p.deciding = true
+	stopped := p.takeStopped()
 	t.mu.Unlock()
+	if stopped != nil {
+		close(stopped) // a Stop need not wait for the kernel
+	}
 	action := t.cfg.kernel.Report(t.reportCtx, Failure{
 		Process: p.failureName, Err: err, Exited: true, Restart: p.policy,
 	})
@@ -648,17 +653,29 @@ func (t *tree[K, P]) restartAttempt(p *process[K, P]) *attempt[K, P] {
 func (t *tree[K, P]) end(p *process[K, P], kind EventKind, err error, forGood bool) *attempt[K, P] {
 	t.mu.Lock()
 	t.queueLocked(p, Event{Kind: kind, Err: err})
+	stopped := p.takeStopped()
+	var next *attempt[K, P]
 	if p.want == wantReplace && !t.stopping {
-		defer t.mu.Unlock()
-		return t.replaceLocked(p) // its first attempt delivers the events
+		next = t.replaceLocked(p)
+	} else {
+		if forGood && p.want == wantRun && t.procs[p.key] == p {
+			t.ended[p.key] = t.scans
+		}
+		t.removeLocked(p)
+		p.running = false
 	}
-	if forGood && p.want == wantRun && t.procs[p.key] == p {
-		t.ended[p.key] = t.scans
-	}
-	t.removeLocked(p)
-	p.running = false
 	t.unlockAndFlush(p)
-	return nil
+	if stopped != nil {
+		close(stopped) // after the events: Stop returns once they are delivered
+	}
+	return next
+}
+
+// takeStopped hands over the channel a Stop waits on; t.mu held.
+func (p *process[K, P]) takeStopped() chan struct{} {
+	ch := p.stopped
+	p.stopped = nil
+	return ch
 }
 
 // discard ends p, which has no goroutine (it waits for a group restart).

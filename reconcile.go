@@ -318,16 +318,16 @@ func (t *tree[K, P]) stopOne(ctx context.Context, k K) error {
 		return nil
 	}
 	t.requestStopLocked(p, wantStop)
-	var wait <-chan struct{} = p.done
 	a, deciding := p.att, p.deciding
-	if a != nil {
-		wait = a.exitedChan() // its goroutine may still report the exit to the kernel
+	if p.stopped == nil {
+		p.stopped = make(chan struct{})
 	}
+	stopped := p.stopped
 	t.unlockAndFlush(p)
-	if a == nil && deciding {
+	if deciding {
 		return nil // it has returned; it ends once the kernel answered
 	}
-	if err := t.awaitStop(ctx, p, a, wait); err != nil {
+	if err := t.awaitStop(ctx, p, a, stopped); err != nil {
 		return t.s.errorf("stop %v: %w", k, err)
 	}
 	return nil
