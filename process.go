@@ -98,15 +98,15 @@ func (a *attempt[K, P]) Value(key any) any {
 }
 
 // settledChan returns a channel closed once a is settled; t.mu held.
-func (a *attempt[K, P]) settledChan() <-chan struct{} { return signal(&a.settled, a.isSettled) }
+func (a *attempt[K, P]) settledChan() <-chan struct{} { return lazySignal(&a.settled, a.isSettled) }
 
 // exitedChan returns a channel closed once the process has returned;
 // t.mu held.
-func (a *attempt[K, P]) exitedChan() <-chan struct{} { return signal(&a.exited, a.ended) }
+func (a *attempt[K, P]) exitedChan() <-chan struct{} { return lazySignal(&a.exited, a.ended) }
 
-// signal makes *ch on first use — closed if the event already happened —
+// lazySignal makes *ch on first use — closed if the event already happened —
 // so that attempts nobody waits on allocate no channel.
-func signal(ch *chan struct{}, happened bool) <-chan struct{} {
+func lazySignal(ch *chan struct{}, happened bool) <-chan struct{} {
 	if *ch == nil {
 		*ch = make(chan struct{})
 		if happened {
