@@ -97,20 +97,20 @@ type App struct {
 	kernel *ErrorKernel
 	logger *slog.Logger
 
-	mu            sync.Mutex
-	modules       []*Module // registration order
-	byName        map[string]*Module
-	started       bool // Start was called
-	shuttingDown  chan struct{}
-	shutdownOnce  sync.Once
-	shutdownDone  chan struct{}
-	shutdownErr   error
-	exitCode      int
-	exitCodeSet   bool
-	managed       bool
-	changed       func(*Module)
-	startOrder    []*Module // dependency order, set by Start
-	microLimit    int
+	mu           sync.Mutex
+	modules      []*Module // registration order
+	byName       map[string]*Module
+	started      bool // Start was called
+	shuttingDown chan struct{}
+	shutdownOnce sync.Once
+	shutdownDone chan struct{}
+	shutdownErr  error
+	exitCode     int
+	exitCodeSet  bool
+	managed      bool
+	changed      func(*Module)
+	startOrder   []*Module // dependency order, set by Start
+	microLimit   int
 }
 
 // NewApp returns an App with the given options.
