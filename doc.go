@@ -57,6 +57,17 @@
 // Options.MaxRestarts and Options.Period, too many restarts make Run stop
 // everything and return ErrTooManyRestarts: the OTP escalation.
 //
+// # Applications
+//
+// An App runs a program made of Modules: NewApp, Register each module with
+// its Prep, Start and Stop functions and the modules it depends on, then
+// App.Run (or Start and Shutdown in tests). Modules run work as workers
+// (RunWorker, StartWorker), self-restarting service workers
+// (StartServiceWorker), tasks (NewTask: queued, prioritized, scheduled,
+// repeated) and microtasks (short work under a concurrency limit, with high,
+// medium and low priority). Every failure of that work reaches the App's
+// ErrorKernel as a *ModuleError, and Report works inside workers and tasks.
+//
 // # Observability
 //
 // Options.OnEvent receives an Event for every start, readiness, failure,

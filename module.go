@@ -341,9 +341,9 @@ func (m *Module) Dependencies() []*Module {
 // from a prep ends start-up without error: Start returns it.
 func (a *App) Start(ctx context.Context) error {
 	a.mu.Lock()
-	if a.started {
+	if a.started || a.IsShuttingDown() {
 		a.mu.Unlock()
-		return fmt.Errorf("supervisor: app %q: already started", a.opts.Name)
+		return fmt.Errorf("supervisor: app %q: start: already started or shut down", a.opts.Name)
 	}
 	a.started = true
 	order, err := a.linkLocked()
