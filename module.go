@@ -108,6 +108,8 @@ type App struct {
 	exitCode     int
 	exitCodeSet  bool
 	managed      bool
+	notifying    int           // changed callbacks under way
+	notified     chan struct{} // closed when notifying drops to 0; nil when nobody waits
 	changed      func(*Module)
 	startOrder   []*Module // dependency order, set by Start
 	microLimit   int
@@ -642,6 +644,7 @@ func (a *App) Shutdown(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	a.awaitNotifications()
 	a.shutdownErr = errors.Join(errs...)
 	close(a.shutdownDone)
 	return a.shutdownErr
@@ -942,9 +945,48 @@ func (a *App) EnableModuleManagement(changed func(*Module)) bool {
 func (a *App) notifyChanged(m *Module) {
 	a.mu.Lock()
 	changed := a.changed
-	a.mu.Unlock()
 	if changed != nil {
-		go changed(m)
+		a.notifying++
+	}
+	a.mu.Unlock()
+	if changed == nil {
+		return
+	}
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				a.logger.Error("supervisor: module change callback panicked", "app", a.opts.Name, "module", m.name, "panic", v)
+			}
+			a.mu.Lock()
+			if a.notifying--; a.notifying == 0 && a.notified != nil {
+				close(a.notified)
+				a.notified = nil
+			}
+			a.mu.Unlock()
+		}()
+		changed(m)
+	}()
+}
+
+// awaitNotifications waits (at most StopTimeout) for the changed callbacks
+// under way, so none outlives Shutdown.
+func (a *App) awaitNotifications() {
+	a.mu.Lock()
+	if a.notifying == 0 {
+		a.mu.Unlock()
+		return
+	}
+	if a.notified == nil {
+		a.notified = make(chan struct{})
+	}
+	done := a.notified
+	a.mu.Unlock()
+	timer := time.NewTimer(a.opts.StopTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		a.logger.Error("supervisor: module change callback still running after shutdown", "app", a.opts.Name, "timeout", a.opts.StopTimeout)
 	}
 }
 
