@@ -97,6 +97,7 @@ type App struct {
 	kernel *ErrorKernel
 	logger *slog.Logger
 
+	lifecycle    sync.Mutex // serialises Start, ManageModules and Shutdown
 	mu           sync.Mutex
 	modules      []*Module // registration order
 	byName       map[string]*Module
@@ -113,6 +114,9 @@ type App struct {
 	changed      func(*Module)
 	startOrder   []*Module // dependency order, set by Start
 	microLimit   int
+	tasks        taskScheduler // task queue, slots and timer heap; see task.go
+
+	micro microScheduler // see microtask.go
 }
 
 // NewApp returns an App with the given options.
@@ -219,7 +223,8 @@ type Module struct {
 	stopping       chan struct{} // closed when the module starts stopping
 	startCompleted chan struct{} // closed when its start completed (or failed)
 	enabled        bool
-	enabledAsDep   bool
+	upcoming       bool     // a bringUp will start it
+	pendingHooks   []func() // hook runs triggered while upcoming
 	failureLevel   FailureLevel
 	failureID      string
 	failureMsg     string
@@ -369,6 +374,8 @@ func (a *App) Start(ctx context.Context) error {
 	if managed {
 		wanted = a.wantedModules()
 	}
+	a.lifecycle.Lock()
+	defer a.lifecycle.Unlock()
 	return a.bringUp(ctx, wanted)
 }
 
@@ -380,6 +387,18 @@ func (a *App) bringUp(ctx context.Context, modules []*Module) error {
 			return err
 		}
 	}
+	a.mu.Lock()
+	for _, m := range modules {
+		m.upcoming = m.status == StatusOffline
+	}
+	a.mu.Unlock()
+	defer func() { // the modules left unstarted drop their pending hooks
+		a.mu.Lock()
+		for _, m := range modules {
+			m.upcoming, m.pendingHooks = false, nil
+		}
+		a.mu.Unlock()
+	}()
 	var started []*Module
 	for _, m := range modules {
 		if m.Status() != StatusOffline {
@@ -467,7 +486,11 @@ func (a *App) control(ctx context.Context, module, kind string, fn func(context.
 	select {
 	case err = <-errc:
 	case <-cctx.Done():
-		err = fmt.Errorf("%s of module %q: %w (%v)", kind, module, context.Cause(cctx), timeout)
+		select {
+		case err = <-errc: // it returned at the same instant: its answer wins
+		default:
+			err = fmt.Errorf("%s of module %q: %w (%v)", kind, module, context.Cause(cctx), timeout)
+		}
 	}
 	if err != nil && !errors.Is(err, ErrCleanExit) {
 		me := a.moduleError(module, kind, "module-control", err)
@@ -507,6 +530,10 @@ func (m *Module) prep(ctx context.Context) error {
 func (m *Module) start(ctx context.Context) error {
 	a := m.app
 	a.mu.Lock()
+	if m.status != StatusOffline {
+		a.mu.Unlock()
+		return nil
+	}
 	m.status = StatusStarting
 	m.ctx, m.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	m.stopping = make(chan struct{})
@@ -517,6 +544,9 @@ func (m *Module) start(ctx context.Context) error {
 		err = a.control(ctx, m.name, "start", func(ctx context.Context) error { return m.fns.Start(ctx, m) })
 	}
 	a.mu.Lock()
+	m.upcoming = false
+	pending := m.pendingHooks
+	m.pendingHooks = nil
 	if err != nil {
 		m.cancel()
 		m.status = StatusOffline
@@ -524,12 +554,16 @@ func (m *Module) start(ctx context.Context) error {
 		close(completed)
 		m.startCompleted = make(chan struct{})
 		a.mu.Unlock()
-		m.awaitUnits() // what the failed start began
+		close(m.stopping) // ends service worker backoffs; workers see "stopping"
+		m.awaitUnits()    // what the failed start began
 		return fmt.Errorf("supervisor: app %q: start of module %q: %w", a.opts.Name, m.name, err)
 	}
 	m.status = StatusOnline
 	close(completed)
 	a.mu.Unlock()
+	for _, run := range pending {
+		run()
+	}
 	a.notifyChanged(m)
 	return nil
 }
@@ -635,6 +669,7 @@ func (a *App) Shutdown(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+	a.lifecycle.Lock()
 	a.mu.Lock()
 	order := slices.Clone(a.startOrder)
 	a.mu.Unlock()
@@ -644,6 +679,7 @@ func (a *App) Shutdown(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	a.lifecycle.Unlock()
 	a.awaitNotifications()
 	a.shutdownErr = errors.Join(errs...)
 	close(a.shutdownDone)
@@ -688,7 +724,7 @@ func (a *App) Run(ctx context.Context) int {
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(signals)
-	if err := a.Start(ctx); err != nil {
+	if err := a.Start(context.WithoutCancel(ctx)); err != nil {
 		if !errors.Is(err, ErrCleanExit) {
 			a.logger.Error("supervisor: app start failed", "app", a.opts.Name, "err", err)
 			a.mu.Lock()
@@ -728,10 +764,9 @@ type ModuleError struct {
 	err        error
 }
 
-// Error returns "<module>/<task> (<type>): <message>".
-func (e *ModuleError) Error() string {
-	return fmt.Sprintf("%s/%s (%s): %s", e.ModuleName, e.TaskName, e.TaskType, e.Message)
-}
+// Error returns the message; ModuleName, TaskName and TaskType say where
+// it happened (Failure.Process names them too).
+func (e *ModuleError) Error() string { return e.Message }
 
 // Unwrap returns the original error.
 func (e *ModuleError) Unwrap() error { return e.err }
@@ -890,6 +925,14 @@ func (m *Module) TriggerEvent(event string, data any) {
 // runHook starts the hook as a worker of its module, after both modules'
 // starts completed; it is dropped if either is not online then.
 func (m *Module) runHook(event string, h eventHook, data any) {
+	a := m.app
+	a.mu.Lock()
+	if h.owner.upcoming && h.owner.status == StatusOffline {
+		h.owner.pendingHooks = append(h.owner.pendingHooks, func() { m.runHook(event, h, data) })
+		a.mu.Unlock()
+		return
+	}
+	a.mu.Unlock()
 	if !h.owner.OnlineSoon() || !m.OnlineSoon() {
 		return
 	}
@@ -1090,6 +1133,11 @@ func (a *App) ManageModules() error {
 	case !started || a.IsShuttingDown():
 		return fmt.Errorf("supervisor: app %q: manage modules: %w", a.opts.Name, ErrNotRunning)
 	}
+	a.lifecycle.Lock()
+	defer a.lifecycle.Unlock()
+	if a.IsShuttingDown() {
+		return fmt.Errorf("supervisor: app %q: manage modules: %w", a.opts.Name, ErrNotRunning)
+	}
 	wanted := a.wantedModules()
 	isWanted := map[*Module]bool{}
 	for _, m := range wanted {
@@ -1133,12 +1181,16 @@ type AppStatus struct {
 // the counts of running workers, tasks and microtasks.
 func (a *App) Status() AppStatus {
 	st := AppStatus{Name: a.opts.Name, ShuttingDown: a.IsShuttingDown()}
+	micro := map[*Module]int{}
+	for _, m := range a.Modules() { // the scheduler's lock comes before a.mu
+		micro[m] = a.micro.countOf(m)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, m := range a.modules {
 		ms := ModuleSnapshot{
 			Name: m.name, Status: m.status, FailureLevel: m.failureLevel, FailureID: m.failureID,
-			FailureMessage: m.failureMsg, Enabled: m.enabled,
+			FailureMessage: m.failureMsg, Enabled: m.enabled, MicroTasks: micro[m],
 		}
 		for u := range m.running {
 			switch u.kind {
@@ -1146,8 +1198,6 @@ func (a *App) Status() AppStatus {
 				ms.Workers++
 			case "task":
 				ms.Tasks++
-			case "microtask":
-				ms.MicroTasks++
 			}
 		}
 		st.Modules = append(st.Modules, ms)

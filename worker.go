@@ -55,16 +55,20 @@ func (m *Module) serve(untrack func(), name string, backoff time.Duration, fn fu
 	for {
 		r := m.runWorker(nil, "service-worker", name, Permanent, fn)
 		switch {
+		case r.stopping:
+			return
+		case r.decided && r.action == Kill:
+			// killed through Report: back off below, whatever fn returned
+		case r.action == Abort:
+			msg := "aborted by the error kernel"
+			if r.err != nil {
+				msg = r.err.Error()
+			}
+			m.Error(m.name+":"+name+":aborted", msg)
+			return
 		case r.err == nil || errors.Is(r.err, context.Canceled):
 			return
-		case errors.Is(r.err, ErrRestartNow):
-			continue
-		case r.stopping || r.action == Abort:
-			if r.action == Abort && !r.stopping {
-				m.Error(m.name+":"+name+":aborted", r.err.Error())
-			}
-			return
-		case r.action == Continue:
+		case errors.Is(r.err, ErrRestartNow), r.action == Continue:
 			continue
 		}
 		now := time.Now()
@@ -89,6 +93,7 @@ type workerResult struct {
 	err      error  // what fn returned (a panic as *PanicError)
 	action   Action // the kernel's answer to a failure
 	stopping bool   // the module was stopping
+	decided  bool   // the kernel decided through Report inside the worker
 }
 
 // runWorker runs fn once as a worker named name; untrack, if not nil, is
@@ -107,11 +112,11 @@ func (m *Module) runWorker(untrack func(), kind, name string, restart RestartPol
 	}
 	w.cancel(errWorkerReturned)
 	r.stopping = m.stoppingNow()
-	if r.err == nil || errors.Is(r.err, ErrRestartNow) || (r.stopping && errors.Is(r.err, context.Canceled)) {
+	if decided, action := w.decision(); decided {
+		r.action, r.decided = action, true
 		return r
 	}
-	if decided, action := w.decision(); decided {
-		r.action = action
+	if r.err == nil || errors.Is(r.err, ErrRestartNow) || errors.Is(r.err, context.Canceled) && (r.stopping || kind == "service-worker") {
 		return r
 	}
 	r.action = m.app.kernel.Report(context.Background(), Failure{
