@@ -486,11 +486,9 @@ func (a *App) control(ctx context.Context, module, kind string, fn func(context.
 	select {
 	case err = <-errc:
 	case <-cctx.Done():
-		select {
-		case err = <-errc: // it returned at the same instant: its answer wins
-		default:
-			err = fmt.Errorf("%s of module %q: %w (%v)", kind, module, context.Cause(cctx), timeout)
-		}
+	}
+	if err == nil && cctx.Err() != nil { // timed out, whether or not fn returned at that instant
+		err = fmt.Errorf("%s of module %q: %w (%v)", kind, module, context.Cause(cctx), timeout)
 	}
 	if err != nil && !errors.Is(err, ErrCleanExit) {
 		me := a.moduleError(module, kind, "module-control", err)
