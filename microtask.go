@@ -141,6 +141,7 @@ type microWorker struct {
 type microModule struct {
 	m       *Module
 	count   int
+	names   map[string]int  // running and waiting microtasks by name, for the stop's log
 	ctx     context.Context // the module's context when the unit was tracked
 	ctxDone bool            // ctx was cancelled: untrack when count reaches 0
 	untrack func()
@@ -171,7 +172,7 @@ func (s *microScheduler) run(m *Module, name string, fn func(context.Context) er
 	}
 	s.mu.Lock()
 	s.initLocked(a)
-	mod := s.enterLocked(m)
+	mod := s.enterLocked(m, name)
 	ctx := s.ctxLocked(mod)
 	var waiter *microWaiter
 	if p == microHigh || s.running < s.limit || a.IsShuttingDown() {
@@ -191,7 +192,7 @@ func (s *microScheduler) run(m *Module, name string, fn func(context.Context) er
 		s.free = append(s.free, waiter)
 	}
 	if err == nil {
-		s.leaveLocked(mod)
+		s.leaveLocked(mod, name)
 	}
 	s.mu.Unlock()
 	if err != nil {
@@ -209,7 +210,7 @@ func (s *microScheduler) start(m *Module, name string, fn func(context.Context) 
 	}
 	s.mu.Lock()
 	s.initLocked(a)
-	mod := s.enterLocked(m)
+	mod := s.enterLocked(m, name)
 	j := microJob{fn: fn, ctx: s.ctxLocked(mod), mod: mod, name: name}
 	if p != microHigh && s.running >= s.limit && !a.IsShuttingDown() {
 		s.enqueueLocked(p, j)
@@ -247,7 +248,8 @@ func callMicroTask(ctx context.Context, m *Module, name string, fn func(context.
 // module's stop cancelling it), then ends the microtask's count: the
 // module's stop waits for the report too.
 func (s *microScheduler) fail(ctx context.Context, mod *microModule, name string, err error) {
-	if !errors.Is(err, context.Canceled) || ctx.Err() == nil {
+	restartNow := errors.Is(err, ErrRestartNow) // not a failure, as for workers
+	if !restartNow && (!errors.Is(err, context.Canceled) || ctx.Err() == nil) {
 		a, m := s.app, mod.m
 		a.kernel.Report(context.Background(), Failure{
 			Process: m.name + "/" + name,
@@ -257,7 +259,7 @@ func (s *microScheduler) fail(ctx context.Context, mod *microModule, name string
 		})
 	}
 	s.mu.Lock()
-	s.leaveLocked(mod)
+	s.leaveLocked(mod, name)
 	s.mu.Unlock()
 }
 
@@ -265,13 +267,14 @@ func (s *microScheduler) fail(ctx context.Context, mod *microModule, name string
 
 // enterLocked counts a new microtask of m, tracking the module's unit when
 // it has none.
-func (s *microScheduler) enterLocked(m *Module) *microModule {
+func (s *microScheduler) enterLocked(m *Module, name string) *microModule {
 	mod := s.modules[m]
 	if mod == nil {
-		mod = &microModule{m: m}
+		mod = &microModule{m: m, names: map[string]int{}}
 		s.modules[m] = mod
 	}
 	mod.count++
+	mod.names[name]++
 	if mod.untrack == nil {
 		mod.untrack = m.track("microtask", "microtasks")
 		mod.ctx = m.Ctx()
@@ -297,8 +300,11 @@ func (s *microScheduler) ctxLocked(mod *microModule) context.Context {
 }
 
 // leaveLocked ends a microtask's count.
-func (s *microScheduler) leaveLocked(mod *microModule) {
+func (s *microScheduler) leaveLocked(mod *microModule, name string) {
 	mod.count--
+	if mod.names[name]--; mod.names[name] == 0 {
+		delete(mod.names, name)
+	}
 	if mod.count == 0 && mod.ctxDone {
 		s.untrackLocked(mod)
 	}
@@ -457,7 +463,7 @@ func (s *microScheduler) work(w *microWorker, j microJob) {
 			s.fail(j.ctx, j.mod, j.name, err)
 			s.mu.Lock()
 		} else {
-			s.leaveLocked(j.mod)
+			s.leaveLocked(j.mod, j.name)
 		}
 		next, ok := s.grantLocked(true)
 		if ok {
@@ -606,4 +612,22 @@ func (s *microScheduler) countOf(m *Module) int {
 		return mod.count
 	}
 	return 0
+}
+
+// runningNames returns the names of m's microtasks that run or wait, one
+// entry per microtask, for the log of a module stop that timed out.
+func (s *microScheduler) runningNames(m *Module) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	mod := s.modules[m]
+	if mod == nil {
+		return nil
+	}
+	var names []string
+	for name, n := range mod.names {
+		for range n {
+			names = append(names, "microtask "+name)
+		}
+	}
+	return names
 }

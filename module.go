@@ -374,8 +374,13 @@ func (a *App) Start(ctx context.Context) error {
 	if managed {
 		wanted = a.wantedModules()
 	}
+	// A Shutdown that began meanwhile wins; one that begins during bringUp
+	// ends it (see bringUp) and stops what it started.
 	a.lifecycle.Lock()
 	defer a.lifecycle.Unlock()
+	if a.IsShuttingDown() {
+		return fmt.Errorf("supervisor: app %q: start: the app is shutting down: %w", a.opts.Name, ErrNotRunning)
+	}
 	return a.bringUp(ctx, wanted)
 }
 
@@ -404,7 +409,13 @@ func (a *App) bringUp(ctx context.Context, modules []*Module) error {
 		if m.Status() != StatusOffline {
 			continue
 		}
-		if err := m.start(ctx); err != nil {
+		err := error(nil)
+		if a.IsShuttingDown() {
+			err = fmt.Errorf("supervisor: app %q: start of module %q: the app is shutting down: %w", a.opts.Name, m.name, ErrNotRunning)
+		} else {
+			err = m.start(ctx)
+		}
+		if err != nil {
 			for i := len(started) - 1; i >= 0; i-- {
 				if stopErr := started[i].stop(); stopErr != nil {
 					a.logger.Error("supervisor: stopping module after a failed start", "app", a.opts.Name, "module", started[i].name, "err", stopErr)
@@ -559,6 +570,7 @@ func (m *Module) start(ctx context.Context) error {
 	m.status = StatusOnline
 	close(completed)
 	a.mu.Unlock()
+	a.tasks.moduleOnline(m)
 	for _, run := range pending {
 		run()
 	}
@@ -616,10 +628,12 @@ func (m *Module) awaitUnits() {
 	select {
 	case <-idle:
 	case <-timer.C:
+		names := a.micro.runningNames(m) // the scheduler's lock comes before a.mu
 		a.mu.Lock()
-		var names []string
 		for u := range m.running {
-			names = append(names, u.kind+" "+u.name)
+			if u.kind != "microtask" { // microtasks are named one by one above
+				names = append(names, u.kind+" "+u.name)
+			}
 		}
 		a.mu.Unlock()
 		sort.Strings(names)
@@ -667,6 +681,7 @@ func (a *App) Shutdown(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+	a.tasks.close()
 	a.lifecycle.Lock()
 	a.mu.Lock()
 	order := slices.Clone(a.startOrder)
@@ -1094,8 +1109,9 @@ func (a *App) dependedOnLocked(m *Module) bool {
 }
 
 func (a *App) dependsLocked(m, on *Module) bool {
-	for _, d := range m.dependencies {
-		if d == on || a.dependsLocked(d, on) {
+	for _, name := range m.deps { // by name: known before Start links them
+		d := a.byName[name]
+		if d == on || d != nil && d != m && a.dependsLocked(d, on) {
 			return true
 		}
 	}

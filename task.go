@@ -210,16 +210,15 @@ func (t *Task) scheduler() *taskScheduler { return &t.m.app.tasks }
 // deadline, so a scheduled task costs neither a timer nor a goroutine.
 // Its zero value is ready; the App it belongs to comes with each task.
 type taskScheduler struct {
-	mu       sync.Mutex
-	normal   taskList
-	prio     taskList
-	busy     int // slots held
-	timers   timerHeap
-	seq      uint64      // ties in the heap go in scheduling order
-	timer    *time.Timer // time.AfterFunc(fire); nil until the first deadline
-	armedAt  time.Time   // when timer fires; zero: stopped
-	watching map[*Module]bool
-	closed   bool // the App shut down: its tasks are done with
+	mu      sync.Mutex
+	normal  taskList
+	prio    taskList
+	busy    int // slots held
+	timers  timerHeap
+	seq     uint64      // ties in the heap go in scheduling order
+	timer   *time.Timer // time.AfterFunc(fire); nil until the first deadline
+	armedAt time.Time   // when timer fires; zero: stopped
+	closed  bool        // the App shut down: its tasks are done with (see close)
 }
 
 // refuse reports (and logs at debug) why op on t does nothing: t is
@@ -230,7 +229,7 @@ func (s *taskScheduler) refuse(t *Task, op string) bool {
 	switch {
 	case t.has(taskCanceled):
 		why = "the task is cancelled"
-	case s.closeIfShuttingDownLocked(a):
+	case s.closedLocked(a):
 		why = "the app is shutting down"
 	default:
 		return false
@@ -239,15 +238,19 @@ func (s *taskScheduler) refuse(t *Task, op string) bool {
 	return true
 }
 
-// closeIfShuttingDownLocked drops every deadline once the App is shutting
-// down, so no timer outlives it, and reports whether it is.
-func (s *taskScheduler) closeIfShuttingDownLocked(a *App) bool {
-	if s.closed {
-		return true
-	}
-	if !a.IsShuttingDown() {
-		return false
-	}
+// closedLocked reports whether the App is shutting down: its tasks start
+// no more. Shutdown closes the scheduler just after it began.
+func (s *taskScheduler) closedLocked(a *App) bool {
+	return s.closed || a.IsShuttingDown()
+}
+
+// close is called by Shutdown once it began, before it stops the modules:
+// it stops the timer and drops every deadline, so no timer outlives the
+// App, and makes every later call do nothing. Tasks still queued stay so.
+// Never called with the App's mu held (s.mu comes first).
+func (s *taskScheduler) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.closed = true
 	for _, e := range s.timers {
 		e.index = -1
@@ -257,7 +260,22 @@ func (s *taskScheduler) closeIfShuttingDownLocked(a *App) bool {
 		s.timer.Stop()
 	}
 	s.armedAt = time.Time{}
-	return true
+}
+
+// moduleOnline is called by a module's start as soon as the module is
+// online (after its status changed, without the App's mu held): it starts
+// m's tasks that passed their MaxDelay meanwhile, then m's queued tasks
+// while slots are free. Tasks of a module that is not online simply stay
+// queued until then: nothing waits or polls for them.
+func (s *taskScheduler) moduleOnline(m *Module) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closedLocked(m.app) {
+		return
+	}
+	s.startOverdueLocked(m)
+	s.dispatchLocked()
+	s.rearmLocked()
 }
 
 // enqueueLocked queues t at place (see Queue, Prioritize, StartASAP).
@@ -325,8 +343,8 @@ func (s *taskScheduler) dispatchLocked() {
 }
 
 // nextRunnableLocked returns the first queued task whose module is online,
-// already tracked as a run of its module, if a slot is free. Modules found
-// not online are watched, so their tasks start once they are.
+// already tracked as a run of its module, if a slot is free. Tasks of
+// modules not online stay queued; moduleOnline dispatches them.
 func (s *taskScheduler) nextRunnableLocked() (*Task, func()) {
 	for _, l := range []*taskList{&s.prio, &s.normal} {
 		for t := l.head; t != nil; t = t.next {
@@ -343,19 +361,18 @@ func (s *taskScheduler) nextRunnableLocked() (*Task, func()) {
 
 // trackIfOnlineLocked registers a run of t with its module if the module
 // is online (checked again after tracking, so that a module stop beginning
-// meanwhile waits for the run); nil if it is not.
+// meanwhile waits for the run); nil if it is not. A module that is not
+// online yet calls moduleOnline once it is, after its status changed, so
+// a task that found it not online is never forgotten.
 func (s *taskScheduler) trackIfOnlineLocked(t *Task) func() {
-	if s.closeIfShuttingDownLocked(t.m.app) {
+	if s.closedLocked(t.m.app) || !t.m.Online() {
 		return nil
 	}
+	untrack := t.m.track("task", t.name)
 	if t.m.Online() {
-		untrack := t.m.track("task", t.name)
-		if t.m.Online() {
-			return untrack
-		}
-		untrack()
+		return untrack
 	}
-	s.watchLocked(t.m)
+	untrack()
 	return nil
 }
 
@@ -417,7 +434,7 @@ func (s *taskScheduler) finished(t *Task, r workerResult) {
 	if r.action == Abort && !r.stopping {
 		s.cancelLocked(t)
 	}
-	if s.closeIfShuttingDownLocked(t.m.app) {
+	if s.closedLocked(t.m.app) {
 		return
 	}
 	if t.repeat > 0 && !t.has(taskScheduledInRun) {
@@ -438,66 +455,6 @@ func (s *taskScheduler) releaseSlotLocked(t *Task) {
 	t.set(taskSlotHeld, false)
 	s.removeLocked(&t.slot)
 	s.busy--
-}
-
-// watchLocked starts, unless it runs already, the one goroutine that
-// waits for m to be online to start its queued tasks; it ends then or when
-// the App shuts down.
-func (s *taskScheduler) watchLocked(m *Module) {
-	if s.watching[m] {
-		return
-	}
-	if s.watching == nil {
-		s.watching = map[*Module]bool{}
-	}
-	s.watching[m] = true
-	go s.awaitOnline(m)
-}
-
-// stoppingPoll is how often a watcher looks whether a stopping module is
-// offline (ready to start again): nothing signals that moment.
-const stoppingPoll = 100 * time.Millisecond
-
-func (s *taskScheduler) awaitOnline(m *Module) {
-	a := m.app
-	for {
-		a.mu.Lock()
-		status, started := m.status, m.startCompleted
-		a.mu.Unlock()
-		if status == StatusOnline {
-			break
-		}
-		if !s.awaitChange(a, status, started) {
-			s.mu.Lock()
-			delete(s.watching, m)
-			s.mu.Unlock()
-			return
-		}
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.watching, m)
-	s.startOverdueLocked(m)
-	s.dispatchLocked()
-	s.rearmLocked()
-}
-
-// awaitChange waits for a module's start to complete (or, while it stops,
-// for stoppingPoll); false if the App shuts down first.
-func (s *taskScheduler) awaitChange(a *App, status ModuleStatus, started <-chan struct{}) bool {
-	var retry <-chan time.Time
-	if status == StatusStopping {
-		timer := time.NewTimer(stoppingPoll)
-		defer timer.Stop()
-		retry, started = timer.C, nil
-	}
-	select {
-	case <-started:
-	case <-retry:
-	case <-a.ShuttingDown():
-		return false
-	}
-	return true
 }
 
 // startOverdueLocked starts, without slots, the tasks of m that passed
@@ -641,7 +598,7 @@ func (s *taskScheduler) fire() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.armedAt = time.Time{}
-	if len(s.timers) == 0 || s.closeIfShuttingDownLocked(s.timers[0].task.m.app) {
+	if len(s.timers) == 0 || s.closedLocked(s.timers[0].task.m.app) {
 		return
 	}
 	now := time.Now()

@@ -652,3 +652,52 @@ func TestTasksOfAModuleThatNeverStartsEndWithShutdown(t *testing.T) {
 		require.Empty(t, runs.all())
 	})
 }
+
+func TestTaskQueuedWhileItsModuleStopsRunsTheInstantItIsOnlineAgain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		runs := newTaskRuns()
+		const stopping = 1050 * time.Millisecond // ends between two 100ms ticks after the Queue below
+		fns := supervisor.ModuleFuncs{Stop: func(context.Context, *supervisor.Module) error {
+			time.Sleep(stopping)
+			return nil
+		}}
+		app, m := taskAppRegistered(t, supervisor.AppOptions{}, nil, fns)
+		require.True(t, app.EnableModuleManagement(nil))
+		require.NoError(t, app.Start(t.Context()))
+
+		m.Disable()
+		stopped := make(chan error, 1)
+		go func() { stopped <- app.ManageModules() }()
+		time.Sleep(500 * time.Millisecond)
+		require.Equal(t, supervisor.StatusStopping, m.Status())
+		m.NewTask("waiting", runs.work("waiting", time.Second)).Queue()
+
+		require.NoError(t, <-stopped)
+		require.Equal(t, supervisor.StatusOffline, m.Status())
+		synctest.Wait()
+		require.Empty(t, runs.all(), "nothing runs while the module is offline")
+		m.Enable()
+		require.NoError(t, app.ManageModules())
+		synctest.Wait()
+		require.Equal(t, []taskRun{{"waiting", stopping}}, runs.all(),
+			"the task starts the instant its module is online, not at the next poll")
+	})
+}
+
+func TestShutdownDisarmsTheTimerOfTasksScheduledFarAhead(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		runs := newTaskRuns()
+		app, m := taskApp(t, supervisor.AppOptions{}, nil)
+		scheduled := m.NewTask("scheduled", runs.work("scheduled", 0)).Schedule(time.Now().Add(24 * time.Hour))
+		repeating := m.NewTask("repeating", runs.work("repeating", 0)).Repeat(time.Hour)
+		require.NoError(t, app.Shutdown(t.Context()))
+
+		scheduled.Schedule(time.Now().Add(time.Minute)) // refused: the app shut down
+		repeating.Queue()
+		time.Sleep(48 * time.Hour)
+		synctest.Wait()
+		require.Empty(t, runs.all(), "nothing runs after Shutdown, however far time advances")
+		// The bubble ends only once every goroutine it started has ended;
+		// goleak (TestMain) checks the same outside bubbles.
+	})
+}
