@@ -122,6 +122,7 @@ type microJob struct {
 	ctx    context.Context
 	mod    *microModule
 	name   string
+	slot   int // the microtask's entry in its module's names
 	waiter *microWaiter
 }
 
@@ -141,7 +142,8 @@ type microWorker struct {
 type microModule struct {
 	m       *Module
 	count   int
-	names   map[string]int  // running and waiting microtasks by name, for the stop's log
+	names   []string        // running and waiting microtasks by slot ("" free), for the stop's log
+	free    []int           // free slots of names
 	ctx     context.Context // the module's context when the unit was tracked
 	ctxDone bool            // ctx was cancelled: untrack when count reaches 0
 	untrack func()
@@ -172,7 +174,7 @@ func (s *microScheduler) run(m *Module, name string, fn func(context.Context) er
 	}
 	s.mu.Lock()
 	s.initLocked(a)
-	mod := s.enterLocked(m, name)
+	mod, slot := s.enterLocked(m, name)
 	ctx := s.ctxLocked(mod)
 	var waiter *microWaiter
 	if p == microHigh || s.running < s.limit || a.IsShuttingDown() {
@@ -192,11 +194,11 @@ func (s *microScheduler) run(m *Module, name string, fn func(context.Context) er
 		s.free = append(s.free, waiter)
 	}
 	if err == nil {
-		s.leaveLocked(mod, name)
+		s.leaveLocked(mod, slot)
 	}
 	s.mu.Unlock()
 	if err != nil {
-		s.fail(ctx, mod, name, err)
+		s.fail(ctx, mod, name, slot, err)
 	}
 	return err
 }
@@ -210,8 +212,8 @@ func (s *microScheduler) start(m *Module, name string, fn func(context.Context) 
 	}
 	s.mu.Lock()
 	s.initLocked(a)
-	mod := s.enterLocked(m, name)
-	j := microJob{fn: fn, ctx: s.ctxLocked(mod), mod: mod, name: name}
+	mod, slot := s.enterLocked(m, name)
+	j := microJob{fn: fn, ctx: s.ctxLocked(mod), mod: mod, name: name, slot: slot}
 	if p != microHigh && s.running >= s.limit && !a.IsShuttingDown() {
 		s.enqueueLocked(p, j)
 		s.mu.Unlock()
@@ -247,7 +249,7 @@ func callMicroTask(ctx context.Context, m *Module, name string, fn func(context.
 // fail reports a microtask's failure to the kernel (unless it is the
 // module's stop cancelling it), then ends the microtask's count: the
 // module's stop waits for the report too.
-func (s *microScheduler) fail(ctx context.Context, mod *microModule, name string, err error) {
+func (s *microScheduler) fail(ctx context.Context, mod *microModule, name string, slot int, err error) {
 	restartNow := errors.Is(err, ErrRestartNow) // not a failure, as for workers
 	if !restartNow && (!errors.Is(err, context.Canceled) || ctx.Err() == nil) {
 		a, m := s.app, mod.m
@@ -259,7 +261,7 @@ func (s *microScheduler) fail(ctx context.Context, mod *microModule, name string
 		})
 	}
 	s.mu.Lock()
-	s.leaveLocked(mod, name)
+	s.leaveLocked(mod, slot)
 	s.mu.Unlock()
 }
 
@@ -267,14 +269,21 @@ func (s *microScheduler) fail(ctx context.Context, mod *microModule, name string
 
 // enterLocked counts a new microtask of m, tracking the module's unit when
 // it has none.
-func (s *microScheduler) enterLocked(m *Module, name string) *microModule {
+func (s *microScheduler) enterLocked(m *Module, name string) (*microModule, int) {
 	mod := s.modules[m]
 	if mod == nil {
-		mod = &microModule{m: m, names: map[string]int{}}
+		mod = &microModule{m: m}
 		s.modules[m] = mod
 	}
 	mod.count++
-	mod.names[name]++
+	slot := len(mod.names)
+	if n := len(mod.free); n > 0 {
+		slot = mod.free[n-1]
+		mod.free = mod.free[:n-1]
+		mod.names[slot] = name
+	} else {
+		mod.names = append(mod.names, name)
+	}
 	if mod.untrack == nil {
 		mod.untrack = m.track("microtask", "microtasks")
 		mod.ctx = m.Ctx()
@@ -285,7 +294,7 @@ func (s *microScheduler) enterLocked(m *Module, name string) *microModule {
 			context.AfterFunc(ctx, func() { s.moduleCtxDone(mod, ctx) })
 		}
 	}
-	return mod
+	return mod, slot
 }
 
 // ctxLocked returns the module's context for a new microtask: the
@@ -300,11 +309,10 @@ func (s *microScheduler) ctxLocked(mod *microModule) context.Context {
 }
 
 // leaveLocked ends a microtask's count.
-func (s *microScheduler) leaveLocked(mod *microModule, name string) {
+func (s *microScheduler) leaveLocked(mod *microModule, slot int) {
 	mod.count--
-	if mod.names[name]--; mod.names[name] == 0 {
-		delete(mod.names, name)
-	}
+	mod.names[slot] = ""
+	mod.free = append(mod.free, slot)
 	if mod.count == 0 && mod.ctxDone {
 		s.untrackLocked(mod)
 	}
@@ -460,10 +468,10 @@ func (s *microScheduler) work(w *microWorker, j microJob) {
 		if err != nil {
 			s.grantLocked(false)
 			s.mu.Unlock()
-			s.fail(j.ctx, j.mod, j.name, err)
+			s.fail(j.ctx, j.mod, j.name, j.slot, err)
 			s.mu.Lock()
 		} else {
-			s.leaveLocked(j.mod, j.name)
+			s.leaveLocked(j.mod, j.slot)
 		}
 		next, ok := s.grantLocked(true)
 		if ok {
@@ -624,8 +632,8 @@ func (s *microScheduler) runningNames(m *Module) []string {
 		return nil
 	}
 	var names []string
-	for name, n := range mod.names {
-		for range n {
+	for i, name := range mod.names {
+		if !slices.Contains(mod.free, i) {
 			names = append(names, "microtask "+name)
 		}
 	}
