@@ -509,6 +509,15 @@ func (a *App) control(ctx context.Context, module, kind string, fn func(context.
 	return err
 }
 
+// callControl runs the module's control function fn (prep, start or stop),
+// if it has one.
+func (m *Module) callControl(ctx context.Context, kind string, fn func(context.Context, *Module) error) error {
+	if fn == nil {
+		return nil
+	}
+	return m.app.control(ctx, m.name, kind, func(ctx context.Context) error { return fn(ctx, m) })
+}
+
 func (m *Module) prep(ctx context.Context) error {
 	a := m.app
 	a.mu.Lock()
@@ -518,10 +527,7 @@ func (m *Module) prep(ctx context.Context) error {
 	}
 	m.status = StatusPreparing
 	a.mu.Unlock()
-	err := error(nil)
-	if m.fns.Prep != nil {
-		err = a.control(ctx, m.name, "prep", func(ctx context.Context) error { return m.fns.Prep(ctx, m) })
-	}
+	err := m.callControl(ctx, "prep", m.fns.Prep)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil {
@@ -548,10 +554,7 @@ func (m *Module) start(ctx context.Context) error {
 	m.stopping = make(chan struct{})
 	completed := m.startCompleted
 	a.mu.Unlock()
-	err := error(nil)
-	if m.fns.Start != nil {
-		err = a.control(ctx, m.name, "start", func(ctx context.Context) error { return m.fns.Start(ctx, m) })
-	}
+	err := m.callControl(ctx, "start", m.fns.Start)
 	a.mu.Lock()
 	m.upcoming = false
 	pending := m.pendingHooks
@@ -593,10 +596,7 @@ func (m *Module) stop() error {
 	m.cancel()
 	a.mu.Unlock()
 	m.awaitUnits()
-	err := error(nil)
-	if m.fns.Stop != nil {
-		err = a.control(context.Background(), m.name, "stop", func(ctx context.Context) error { return m.fns.Stop(ctx, m) })
-	}
+	err := m.callControl(context.Background(), "stop", m.fns.Stop)
 	a.mu.Lock()
 	m.status = StatusOffline
 	m.clearFailureLocked()
@@ -613,21 +613,7 @@ func (m *Module) stop() error {
 // StopTimeout, then logs each one still running.
 func (m *Module) awaitUnits() {
 	a := m.app
-	a.mu.Lock()
-	if len(m.running) == 0 {
-		a.mu.Unlock()
-		return
-	}
-	if m.idle == nil {
-		m.idle = make(chan struct{})
-	}
-	idle := m.idle
-	a.mu.Unlock()
-	timer := time.NewTimer(a.opts.StopTimeout)
-	defer timer.Stop()
-	select {
-	case <-idle:
-	case <-timer.C:
+	if !a.awaitIdle(func() bool { return len(m.running) > 0 }, &m.idle) {
 		names := a.micro.runningNames(m) // the scheduler's lock comes before a.mu
 		a.mu.Lock()
 		for u := range m.running {
@@ -642,6 +628,39 @@ func (m *Module) awaitUnits() {
 	}
 }
 
+// awaitIdle waits, at most StopTimeout, until busy (read under a.mu) is
+// false, and reports whether it is. *idle is the channel the side that
+// makes busy false closes (see signalIdleLocked); it is made here when
+// first needed.
+func (a *App) awaitIdle(busy func() bool, idle *chan struct{}) bool {
+	a.mu.Lock()
+	if !busy() {
+		a.mu.Unlock()
+		return true
+	}
+	if *idle == nil {
+		*idle = make(chan struct{})
+	}
+	done := *idle
+	a.mu.Unlock()
+	timer := time.NewTimer(a.opts.StopTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return true
+	case <-timer.C:
+		return false
+	}
+}
+
+// signalIdleLocked wakes an awaitIdle on *idle, if any; a.mu held.
+func signalIdleLocked(idle *chan struct{}) {
+	if *idle != nil {
+		close(*idle)
+		*idle = nil
+	}
+}
+
 // track registers a worker, task or microtask run of the module; call
 // the returned function when it ends.
 func (m *Module) track(kind, name string) func() {
@@ -653,9 +672,8 @@ func (m *Module) track(kind, name string) func() {
 	return func() {
 		a.mu.Lock()
 		delete(m.running, u)
-		if len(m.running) == 0 && m.idle != nil {
-			close(m.idle)
-			m.idle = nil
+		if len(m.running) == 0 {
+			signalIdleLocked(&m.idle)
 		}
 		a.mu.Unlock()
 	}
@@ -1014,9 +1032,8 @@ func (a *App) notifyChanged(m *Module) {
 				a.logger.Error("supervisor: module change callback panicked", "app", a.opts.Name, "module", m.name, "panic", v)
 			}
 			a.mu.Lock()
-			if a.notifying--; a.notifying == 0 && a.notified != nil {
-				close(a.notified)
-				a.notified = nil
+			if a.notifying--; a.notifying == 0 {
+				signalIdleLocked(&a.notified)
 			}
 			a.mu.Unlock()
 		}()
@@ -1027,21 +1044,7 @@ func (a *App) notifyChanged(m *Module) {
 // awaitNotifications waits (at most StopTimeout) for the changed callbacks
 // under way, so none outlives Shutdown.
 func (a *App) awaitNotifications() {
-	a.mu.Lock()
-	if a.notifying == 0 {
-		a.mu.Unlock()
-		return
-	}
-	if a.notified == nil {
-		a.notified = make(chan struct{})
-	}
-	done := a.notified
-	a.mu.Unlock()
-	timer := time.NewTimer(a.opts.StopTimeout)
-	defer timer.Stop()
-	select {
-	case <-done:
-	case <-timer.C:
+	if !a.awaitIdle(func() bool { return a.notifying > 0 }, &a.notified) {
 		a.logger.Error("supervisor: module change callback still running after shutdown", "app", a.opts.Name, "timeout", a.opts.StopTimeout)
 	}
 }

@@ -115,23 +115,31 @@ func (t *Task) enqueue(place taskPlace, op string) *Task {
 // unschedules it. Scheduled by its own function, the time also replaces
 // the task's next repeat.
 func (t *Task) Schedule(at time.Time) *Task {
+	return t.reschedule("Schedule", func(s *taskScheduler) {
+		t.set(taskRepeatScheduled, false)
+		t.scheduledAt = time.Time{}
+		switch {
+		case at.IsZero():
+		case !at.After(time.Now()):
+			s.enqueueLocked(t, placeASAP)
+			s.dispatchLocked()
+		default:
+			t.scheduledAt = at
+			t.set(taskScheduledInRun, t.has(taskRunning))
+		}
+	})
+}
+
+// reschedule applies change to the task under the scheduler's lock, unless
+// the task or the App refuses op, then re-arms the task's deadlines.
+func (t *Task) reschedule(op string, change func(s *taskScheduler)) *Task {
 	s := t.scheduler()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.refuse(t, "Schedule") {
+	if s.refuse(t, op) {
 		return t
 	}
-	t.set(taskRepeatScheduled, false)
-	t.scheduledAt = time.Time{}
-	switch {
-	case at.IsZero():
-	case !at.After(time.Now()):
-		s.enqueueLocked(t, placeASAP)
-		s.dispatchLocked()
-	default:
-		t.scheduledAt = at
-		t.set(taskScheduledInRun, t.has(taskRunning))
-	}
+	change(s)
 	s.setWakeLocked(t)
 	s.rearmLocked()
 	return t
@@ -143,7 +151,6 @@ func (t *Task) Schedule(at time.Time) *Task {
 // repetition (and drops its pending run); a negative interval is logged
 // and counts as 0.
 func (t *Task) Repeat(interval time.Duration) *Task {
-	s := t.scheduler()
 	a := t.m.app
 	if interval < 0 {
 		a.logger.Warn("supervisor: negative task repeat interval; repetition stopped",
@@ -153,24 +160,18 @@ func (t *Task) Repeat(interval time.Duration) *Task {
 	if interval > 0 {
 		interval = max(interval, a.opts.MinRepeatInterval)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.refuse(t, "Repeat") {
-		return t
-	}
-	t.repeat = interval
-	switch {
-	case interval > 0:
-		t.scheduledAt = time.Now().Add(interval)
-		t.set(taskRepeatScheduled, true)
-		t.set(taskScheduledInRun, t.has(taskRunning))
-	case t.has(taskRepeatScheduled):
-		t.scheduledAt = time.Time{}
-		t.set(taskRepeatScheduled, false)
-	}
-	s.setWakeLocked(t)
-	s.rearmLocked()
-	return t
+	return t.reschedule("Repeat", func(*taskScheduler) {
+		t.repeat = interval
+		switch {
+		case interval > 0:
+			t.scheduledAt = time.Now().Add(interval)
+			t.set(taskRepeatScheduled, true)
+			t.set(taskScheduledInRun, t.has(taskRunning))
+		case t.has(taskRepeatScheduled):
+			t.scheduledAt = time.Time{}
+			t.set(taskRepeatScheduled, false)
+		}
+	})
 }
 
 // MaxDelay sets how long the task may wait in the queue (default
@@ -178,16 +179,7 @@ func (t *Task) Repeat(interval time.Duration) *Task {
 // longer, it starts at once, without waiting for a free slot, as soon as
 // its module is online.
 func (t *Task) MaxDelay(d time.Duration) *Task {
-	s := t.scheduler()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.refuse(t, "MaxDelay") {
-		return t
-	}
-	t.maxDelay = max(d, 0)
-	s.setWakeLocked(t)
-	s.rearmLocked()
-	return t
+	return t.reschedule("MaxDelay", func(*taskScheduler) { t.maxDelay = max(d, 0) })
 }
 
 // Cancel cancels the task for good: it leaves the queue and its schedule,
