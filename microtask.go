@@ -5,8 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
+
+	"github.com/gosupervise/supervisor/internal/spin"
 )
 
 // Microtasks are short pieces of work run under one App-wide concurrency
@@ -100,19 +101,19 @@ func (a *App) SetMaxConcurrentMicroTasks(n int) {
 // microScheduler is an App's microtask scheduler; its zero value is ready
 // (initLocked fills it on first use).
 type microScheduler struct {
-	mu      sync.Mutex
+	mu      spin.Lock // a yielding lock: see BENCHMARKS.md §4 for why not sync.Mutex
 	app     *App
 	limit   int
-	running int                      // microtasks holding a slot (over the limit too)
-	queues  [2]microQueue            // waiting: medium, low
-	modules map[*Module]*microModule // per-module counts
-	idle    []*microWorker           // parked workers, most recent last
-	free    []*microWaiter           // reusable wait records of Run* calls
-	epoch   uint64                   // keeper ticks, for retiring idle workers
-	keeper  bool                     // the keeper goroutine runs
-	wakeAt  time.Time                // when the keeper wakes next
-	tickAt  time.Time                // the keeper's next idle tick
-	wake    chan struct{}            // tells the keeper to re-arm earlier
+	running int            // microtasks holding a slot (over the limit too)
+	queues  [2]microQueue  // waiting: medium, low
+	modules []*microModule // every module that ran a microtask
+	idle    []*microWorker // parked workers, most recent last
+	free    []*microWaiter // reusable wait records of Run* calls
+	epoch   uint64         // keeper ticks, for retiring idle workers
+	keeper  bool           // the keeper goroutine runs
+	wakeAt  time.Time      // when the keeper wakes next
+	tickAt  time.Time      // the keeper's next idle tick
+	wake    chan struct{}  // tells the keeper to re-arm earlier
 }
 
 // microJob is one microtask. A Run* call waiting for a slot is queued as a
@@ -131,9 +132,8 @@ type microWaiter struct{ granted chan struct{} }
 
 // microWorker is a goroutine running Start* microtasks, parked between them.
 type microWorker struct {
-	jobs   chan microJob // closed to retire it
-	parked bool          // in microScheduler.idle
-	stamp  uint64        // epoch when it parked
+	jobs  chan microJob // closed to retire it
+	stamp uint64        // epoch when it parked
 }
 
 // microModule counts a module's microtasks (running and waiting). While
@@ -153,7 +153,6 @@ func (s *microScheduler) initLocked(a *App) {
 	if s.app == nil {
 		s.app = a
 		s.limit = a.opts.MaxConcurrentMicroTasks
-		s.modules = map[*Module]*microModule{}
 		s.wake = make(chan struct{}, 1)
 	}
 }
@@ -270,10 +269,11 @@ func (s *microScheduler) fail(ctx context.Context, mod *microModule, name string
 // enterLocked counts a new microtask of m, tracking the module's unit when
 // it has none.
 func (s *microScheduler) enterLocked(m *Module, name string) (*microModule, int) {
-	mod := s.modules[m]
+	mod := m.micro
 	if mod == nil {
 		mod = &microModule{m: m}
-		s.modules[m] = mod
+		m.micro = mod
+		s.modules = append(s.modules, mod)
 	}
 	mod.count++
 	slot := len(mod.names)
@@ -346,6 +346,9 @@ type microQueue struct {
 	head, n int
 }
 
+// microQueueKeep is the largest ring an empty queue keeps.
+const microQueueKeep = 4096
+
 type microEntry struct {
 	job      microJob
 	deadline time.Time
@@ -372,6 +375,22 @@ func (q *microQueue) pop() microJob {
 	q.head = (q.head + 1) % len(q.entries)
 	q.n--
 	return j
+}
+
+// trimLocked lets the queues' rings and the modules' name slots go when
+// a burst grew them past microQueueKeep and it is over. The keeper calls
+// it once per idle tick, so rings in steady use are kept.
+func (s *microScheduler) trimLocked() {
+	for i := range s.queues {
+		if q := &s.queues[i]; q.n == 0 && len(q.entries) > microQueueKeep {
+			q.entries, q.head = nil, 0
+		}
+	}
+	for _, mod := range s.modules {
+		if mod.count == 0 && len(mod.names) > microQueueKeep {
+			mod.names, mod.free = nil, nil
+		}
+	}
 }
 
 // enqueueLocked queues j to wait for a slot and makes sure the keeper
@@ -454,7 +473,6 @@ func (s *microScheduler) unparkLocked() *microWorker {
 	w := s.idle[n-1]
 	s.idle[n-1] = nil
 	s.idle = s.idle[:n-1]
-	w.parked = false
 	return w
 }
 
@@ -486,40 +504,22 @@ func (s *microScheduler) work(w *microWorker, j microJob) {
 }
 
 // parkLocked parks the worker until it is given a job (ok) or retired;
-// it unlocks s.mu.
+// it unlocks s.mu. A parked worker waits on its own channel only: the
+// keeper, which runs while any worker is parked, retires them all when
+// shutdown begins, so no shared channel is locked on this path.
 func (s *microScheduler) parkLocked(w *microWorker) (microJob, bool) {
-	shuttingDown := s.app.ShuttingDown()
 	if s.app.IsShuttingDown() {
 		s.mu.Unlock()
 		return microJob{}, false
 	}
-	w.parked, w.stamp = true, s.epoch
+	w.stamp = s.epoch
 	s.idle = append(s.idle, w)
 	if !s.keeper {
 		s.startKeeperLocked()
 	}
 	s.mu.Unlock()
-	select {
-	case j, ok := <-w.jobs:
-		return j, ok
-	case <-shuttingDown:
-	}
-	s.mu.Lock()
-	if w.parked {
-		s.removeIdleLocked(w)
-		s.mu.Unlock()
-		return microJob{}, false
-	}
-	s.mu.Unlock()
-	j, ok := <-w.jobs // it was given a job, or retired, just now
+	j, ok := <-w.jobs
 	return j, ok
-}
-
-func (s *microScheduler) removeIdleLocked(w *microWorker) {
-	if i := slices.Index(s.idle, w); i >= 0 {
-		s.idle = slices.Delete(s.idle, i, i+1)
-	}
-	w.parked = false
 }
 
 // The keeper.
@@ -564,6 +564,7 @@ func (s *microScheduler) keepLocked() (time.Time, bool) {
 				s.grantJobLocked(q.pop())
 			}
 		}
+		s.retireLocked(len(s.idle))
 		return time.Time{}, false
 	}
 	now := time.Now()
@@ -583,6 +584,7 @@ func (s *microScheduler) keepLocked() (time.Time, bool) {
 			s.tickAt = now.Add(microIdleTimeout)
 		} else if !now.Before(s.tickAt) {
 			s.retireIdleLocked()
+			s.trimLocked()
 			s.tickAt = now.Add(microIdleTimeout)
 		}
 		if len(s.idle) > 0 && (next.IsZero() || s.tickAt.Before(next)) {
@@ -601,23 +603,27 @@ func (s *microScheduler) retireIdleLocked() {
 		if w.stamp+1 >= s.epoch {
 			break // the stack's older workers are at the bottom
 		}
-		w.parked = false
-		close(w.jobs)
 		retired++
 	}
-	if retired > 0 {
-		n := copy(s.idle, s.idle[retired:])
-		clear(s.idle[n:])
-		s.idle = s.idle[:n]
+	s.retireLocked(retired)
+}
+
+// retireLocked retires the n workers parked longest.
+func (s *microScheduler) retireLocked(n int) {
+	for _, w := range s.idle[:n] {
+		close(w.jobs)
 	}
+	kept := copy(s.idle, s.idle[n:])
+	clear(s.idle[kept:])
+	s.idle = s.idle[:kept]
 }
 
 // countOf returns how many microtasks of m run or wait.
 func (s *microScheduler) countOf(m *Module) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if mod := s.modules[m]; mod != nil {
-		return mod.count
+	if m.micro != nil {
+		return m.micro.count
 	}
 	return 0
 }
@@ -627,7 +633,7 @@ func (s *microScheduler) countOf(m *Module) int {
 func (s *microScheduler) runningNames(m *Module) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	mod := s.modules[m]
+	mod := m.micro
 	if mod == nil {
 		return nil
 	}

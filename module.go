@@ -231,6 +231,8 @@ type Module struct {
 	events         map[string]*moduleEvent
 	running        map[*unit]struct{} // workers, tasks and microtasks under way
 	idle           chan struct{}      // closed when running becomes empty; nil when nobody waits
+
+	micro *microModule // its microtask counts; guarded by app.micro.mu
 }
 
 // unit is one worker, task or microtask run, for the module's stop to wait
