@@ -434,3 +434,29 @@ func TestExecReturnsAWorkerErrorWhenTheRequestCannotBeSent(t *testing.T) {
 	require.ErrorAs(t, d.Failure.Err, &werr)
 	require.NotNil(t, werr)
 }
+
+func TestOutputBetweenJobsIsFoundBeforeTheNextRequestIsSent(t *testing.T) {
+	dir := t.TempDir()
+	printed, runs := filepath.Join(dir, "printed"), filepath.Join(dir, "runs")
+	events := &eventLog{}
+	// No watcher tick comes in time: the next Exec finds the output.
+	p := newTestPool(t, pool.Config{NumWorkers: 1, WatchInterval: time.Hour, Backoff: constantBackoff(10 * time.Millisecond), OnEvent: events.add}, "")
+	pid := onlyWorker(t, p).Pid
+	_, err := p.Exec(t.Context(), op{Op: "stray-later", Ms: 50, Message: printed}.payload([]byte("ok")))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { _, err := os.Stat(printed); return err == nil }, 5*time.Second, 5*time.Millisecond)
+
+	reply, err := p.Exec(t.Context(), op{Record: runs}.payload([]byte("next")))
+	require.NoError(t, err, "the job was never sent to the broken worker: it runs on its replacement")
+	require.Equal(t, "next", string(reply.Body))
+	data, err := os.ReadFile(runs)
+	require.NoError(t, err)
+	ran := strings.Fields(string(data))
+	require.Len(t, ran, 1, "the job ran once")
+	require.NotEqual(t, strconv.Itoa(pid), ran[0])
+
+	failed := events.failed(pid)
+	require.Len(t, failed, 1)
+	requireWorkerError(t, failed[0].Err, pid, pool.ErrProtocol)
+	require.True(t, pidGone(pid), "the broken worker was reaped")
+}

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -29,33 +31,46 @@ type PipeFactory struct{}
 func NewPipeFactory() *PipeFactory { return &PipeFactory{} }
 
 // SpawnWorker starts cmd with pipes on its stdin and stdout and reads its
-// handshake until ctx is done.
+// handshake until ctx is done. cmd's Stdin and Stdout must be unset.
 func (*PipeFactory) SpawnWorker(ctx context.Context, cmd *exec.Cmd) (*Worker, error) {
-	stdin, err := cmd.StdinPipe()
+	if cmd.Stdin != nil || cmd.Stdout != nil {
+		return nil, errors.New("pool: PipeFactory: the command's Stdin or Stdout is already set")
+	}
+	// os.Pipe ends, not cmd.StdinPipe and StdoutPipe: cmd.Wait would close
+	// those while a job may still be reading the worker's last reply.
+	stdinR, stdinW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("pool: stdin pipe: %w", err)
 	}
-	stdout, err := cmd.StdoutPipe()
+	stdoutR, stdoutW, err := os.Pipe()
 	if err != nil {
-		_ = stdin.Close()
+		_, _ = stdinR.Close(), stdinW.Close()
 		return nil, fmt.Errorf("pool: stdout pipe: %w", err)
 	}
-	if err := cmd.Start(); err != nil {
+	cmd.Stdin, cmd.Stdout = stdinR, stdoutW
+	err = cmd.Start()
+	_, _ = stdinR.Close(), stdoutW.Close() // the child has its own copies
+	if err != nil {
+		_, _ = stdinW.Close(), stdoutR.Close()
 		return nil, fmt.Errorf("pool: start %s: %w", cmd.Path, err)
 	}
-	return NewWorker(ctx, cmd, pipeConn{ReadCloser: stdout, stdin: stdin})
+	return NewWorker(ctx, cmd, pipeConn{stdout: stdoutR, stdin: stdinW})
 }
 
 // pipeConn is a worker's stdout and stdin as one connection.
 type pipeConn struct {
-	io.ReadCloser // stdout
-	stdin         io.WriteCloser
+	stdout *os.File
+	stdin  *os.File
 }
 
+func (c pipeConn) Read(p []byte) (int, error)  { return c.stdout.Read(p) }
 func (c pipeConn) Write(p []byte) (int, error) { return c.stdin.Write(p) }
 
+// SyscallConn is stdout's: what the worker wrote and nobody read yet.
+func (c pipeConn) SyscallConn() (syscall.RawConn, error) { return c.stdout.SyscallConn() }
+
 func (c pipeConn) Close() error {
-	return errors.Join(c.stdin.Close(), c.ReadCloser.Close())
+	return errors.Join(c.stdin.Close(), c.stdout.Close())
 }
 
 // defaultSocketTimeout is SocketFactory's connect wait when none is given.
@@ -204,7 +219,7 @@ func (f *SocketFactory) accept() {
 // waiting for its pid; an unknown or broken one is closed.
 func (f *SocketFactory) handshake(conn net.Conn) {
 	_ = conn.SetDeadline(time.Now().Add(f.timeout))
-	reader := bufio.NewReaderSize(conn, 64<<10)
+	reader := bufio.NewReaderSize(conn, readBufferSize)
 	pid, err := readHandshake(reader)
 	_ = conn.SetDeadline(time.Time{})
 	if err != nil {

@@ -65,9 +65,9 @@ func (fw *frameWriter) write(flags byte, context, body []byte) error {
 		_, err := fw.w.Write(fw.buf)
 		return err
 	}
-	var header [frameHeaderSize]byte
-	putHeader(header[:], flags, context, body)
-	for _, part := range [][]byte{header[:], context, body} {
+	fw.buf = append(fw.buf[:0], make([]byte, frameHeaderSize)...)
+	putHeader(fw.buf, flags, context, body)
+	for _, part := range [][]byte{fw.buf, context, body} {
 		if _, err := fw.w.Write(part); err != nil {
 			return err
 		}
@@ -77,9 +77,9 @@ func (fw *frameWriter) write(flags byte, context, body []byte) error {
 
 // appendFrame appends the encoded frame to dst.
 func appendFrame(dst []byte, flags byte, context, body []byte) []byte {
-	var header [frameHeaderSize]byte
-	putHeader(header[:], flags, context, body)
-	dst = append(dst, header[:]...)
+	start := len(dst)
+	dst = append(dst, make([]byte, frameHeaderSize)...)
+	putHeader(dst[start:], flags, context, body) // in place: a local header would escape
 	dst = append(dst, context...)
 	return append(dst, body...)
 }
@@ -98,14 +98,17 @@ func putHeader(h []byte, flags byte, context, body []byte) {
 // io.EOF; a broken frame returns an error wrapping ErrProtocol, or
 // ErrPayloadTooLarge for one over the limit (its payload is not read).
 func readFrame(r *bufio.Reader, maxPayload int) (frame, error) {
-	var h [frameHeaderSize]byte
-	if _, err := io.ReadFull(r, h[:1]); err != nil {
+	// The header is looked at in r's buffer: a local array would escape.
+	first, err := r.Peek(1)
+	if err != nil {
 		return frame{}, err // io.EOF: the stream ended between frames
 	}
-	if h[0] != frameMagic0 {
-		return frame{}, strayOutput(h[0], r)
+	if b := first[0]; b != frameMagic0 {
+		_, _ = r.Discard(1)
+		return frame{}, strayOutput(b, r)
 	}
-	if _, err := io.ReadFull(r, h[1:]); err != nil {
+	h, err := r.Peek(frameHeaderSize)
+	if err != nil {
 		return frame{}, fmt.Errorf("%w: stream ended inside a frame header: %w", ErrProtocol, unexpected(err))
 	}
 	if h[1] != frameMagic1 {
@@ -125,14 +128,16 @@ func readFrame(r *bufio.Reader, maxPayload int) (frame, error) {
 	if contextLen+bodyLen > uint64(maxPayload) {
 		return frame{}, fmt.Errorf("%w: a frame of %d bytes (context %d, body %d), limit %d", ErrPayloadTooLarge, contextLen+bodyLen, contextLen, bodyLen, maxPayload)
 	}
+	flags, payloadSum := h[3], binary.BigEndian.Uint32(h[12:])
+	_, _ = r.Discard(frameHeaderSize) // h is r's buffer: done with it
 	payload := make([]byte, contextLen+bodyLen)
 	if _, err := io.ReadFull(r, payload); err != nil {
 		return frame{}, fmt.Errorf("%w: stream ended inside a frame payload: %w", ErrProtocol, unexpected(err))
 	}
-	if got, want := binary.BigEndian.Uint32(h[12:]), crc32.ChecksumIEEE(payload); got != want {
-		return frame{}, fmt.Errorf("%w: corrupt frame payload (checksum %08x, computed %08x)", ErrProtocol, got, want)
+	if want := crc32.ChecksumIEEE(payload); payloadSum != want {
+		return frame{}, fmt.Errorf("%w: corrupt frame payload (checksum %08x, computed %08x)", ErrProtocol, payloadSum, want)
 	}
-	return frame{flags: h[3], context: payload[:contextLen:contextLen], body: payload[contextLen:]}, nil
+	return frame{flags: flags, context: payload[:contextLen:contextLen], body: payload[contextLen:]}, nil
 }
 
 // strayOutput describes bytes that are not a frame: the first one and

@@ -50,7 +50,7 @@ type Config struct {
 	TTL             time.Duration // soft: replaced after its current job once older; 0: none
 	IdleTTL         time.Duration // soft: an idle worker is replaced; 0: none
 	MaxMemory       uint64        // soft: RSS bytes; replaced after its current job; 0: none
-	WatchInterval   time.Duration // soft-limit check period; default 1s
+	WatchInterval   time.Duration // soft-limit check period (and of output between jobs); default 1s
 	MaxQueue        int           // Execs allowed to wait; more fail at once (ErrQueueFull); 0: unlimited
 	MaxPayload      int           // largest Context+Body either way; default 64 MiB
 	SpawnTimeout    time.Duration // start + handshake limit per worker; default 10s
@@ -142,6 +142,7 @@ type Pool struct {
 	mu       sync.Mutex
 	free     []*Worker // idle workers, most recently used last
 	waiters  []*waiter // Execs waiting for a worker, oldest first
+	spare    sync.Pool // of *waiter
 	busy     int       // workers running a job
 	stopping bool
 	jobsDone chan struct{}       // closed when busy reaches 0 while stopping
@@ -177,7 +178,12 @@ type slotEvent struct {
 
 // waiter is an Exec waiting for a worker; a nil worker means the pool
 // stopped.
-type waiter struct{ granted chan *Worker }
+// waiter is an Exec waiting for a worker. Waiters are reused: the wait
+// allocates nothing.
+type waiter struct {
+	granted chan *Worker // buffered: a grant never blocks
+	timer   *time.Timer  // AllocateTimeout
+}
 
 // NewPool spawns cfg.NumWorkers workers of cmd with f, all at once, and
 // returns when every one completed its handshake. If one fails, the others
@@ -465,17 +471,22 @@ func (p *Pool) Exec(ctx context.Context, rqs Payload) (Payload, error) {
 	if size := len(rqs.Context) + len(rqs.Body); size > p.cfg.MaxPayload {
 		return Payload{}, fmt.Errorf("pool %q: a request of %d bytes, limit %d: %w", p.cfg.Name, size, p.cfg.MaxPayload, ErrPayloadTooLarge)
 	}
-	for attempt := 0; ; attempt++ {
+	stopRequested := false
+	for {
 		w, err := p.allocate(ctx)
 		if err != nil {
 			return Payload{}, err
 		}
 		res := w.exec(ctx, rqs, p.cfg.ExecTimeout)
-		if res.replace == ReasonStopRequest && attempt > 0 {
+		if res.replace == ReasonStopRequest && stopRequested {
 			res.err = &WorkerError{Pid: w.pid, Err: fmt.Errorf("%w: a second stop request for the same job", ErrProtocol)}
 		}
 		p.finish(w, res)
-		if res.replace == ReasonStopRequest && attempt == 0 {
+		switch {
+		case res.unsent: // the worker broke the protocol between jobs
+			continue
+		case res.replace == ReasonStopRequest && !stopRequested:
+			stopRequested = true
 			continue
 		}
 		return res.reply, res.err
@@ -502,12 +513,18 @@ func (p *Pool) allocate(ctx context.Context) (*Worker, error) {
 		p.mu.Unlock()
 		return nil, fmt.Errorf("pool %q: %d Execs already wait: %w", p.cfg.Name, p.cfg.MaxQueue, ErrQueueFull)
 	}
-	wt := &waiter{granted: make(chan *Worker, 1)}
+	wt, _ := p.spare.Get().(*waiter)
+	if wt == nil {
+		wt = &waiter{granted: make(chan *Worker, 1), timer: time.NewTimer(p.cfg.AllocateTimeout)}
+	} else {
+		wt.timer.Reset(p.cfg.AllocateTimeout)
+	}
 	p.waiters = append(p.waiters, wt)
 	p.mu.Unlock()
 
-	timer := time.NewTimer(p.cfg.AllocateTimeout)
-	defer timer.Stop()
+	// Once it returns, wt is in no list and its channel is empty.
+	defer p.spare.Put(wt)
+	defer wt.timer.Stop()
 	var err error
 	select {
 	case w := <-wt.granted:
@@ -515,7 +532,7 @@ func (p *Pool) allocate(ctx context.Context) (*Worker, error) {
 			return nil, p.errStopped()
 		}
 		return w, nil
-	case <-timer.C:
+	case <-wt.timer.C:
 		err = fmt.Errorf("pool %q: no worker free within %s: %w", p.cfg.Name, p.cfg.AllocateTimeout, ErrNoFreeWorkers)
 	case <-ctx.Done():
 		err = ctx.Err()
@@ -575,12 +592,10 @@ func (p *Pool) softLimitLocked(w *Worker) string {
 
 // watch enforces TTL, IdleTTL and MaxMemory every WatchInterval until the
 // pool stops: idle workers past a limit go back to their slots at once,
-// busy ones past MaxMemory are marked to go after their job.
+// busy ones past MaxMemory are marked to go after their job. Idle workers
+// that wrote output between jobs fail.
 func (p *Pool) watch() {
 	defer close(p.watchDone)
-	if p.cfg.TTL == 0 && p.cfg.IdleTTL == 0 && p.cfg.MaxMemory == 0 {
-		return
-	}
 	ticker := time.NewTicker(p.cfg.WatchInterval)
 	defer ticker.Stop()
 	for {
@@ -588,12 +603,14 @@ func (p *Pool) watch() {
 		case <-p.stopRun:
 			return
 		case <-ticker.C:
-			p.checkSoftLimits()
+			p.check()
 		}
 	}
 }
 
-func (p *Pool) checkSoftLimits() {
+// check replaces the workers past a soft limit, and the idle ones that
+// wrote output nobody asked for.
+func (p *Pool) check() {
 	rss := map[*Worker]uint64{}
 	if p.cfg.MaxMemory > 0 {
 		for _, w := range p.currentWorkers() {
@@ -610,6 +627,14 @@ func (p *Pool) checkSoftLimits() {
 		w := s.current
 		if w == nil || (w.state != StateReady && w.state != StateWorking) {
 			continue
+		}
+		if w.state == StateReady {
+			if err := w.unrequested(); err != nil {
+				p.removeFreeLocked(w)
+				w.kill(err)
+				p.handBackLocked(w, slotEvent{failure: w.errorFor(err)})
+				continue
+			}
 		}
 		reason := ""
 		switch {

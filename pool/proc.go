@@ -44,3 +44,42 @@ func residentBytes(pid int) uint64 {
 	}
 	return pages * uint64(os.Getpagesize())
 }
+
+// pendingBytes returns a function that says how many bytes wait unread on
+// conn, or nil if conn is not a syscall.Conn. The function is for one
+// goroutine at a time.
+func pendingBytes(conn any) func() (int, error) {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	c := &unreadCounter{raw: raw}
+	c.count = c.countFd // bound once: a call allocates nothing
+	return c.unread
+}
+
+type unreadCounter struct {
+	raw   syscall.RawConn
+	count func(fd uintptr) bool
+	n     int
+	errno syscall.Errno
+}
+
+func (c *unreadCounter) unread() (int, error) {
+	if err := c.raw.Read(c.count); err != nil {
+		return 0, err
+	}
+	if c.errno != 0 {
+		return 0, c.errno
+	}
+	return c.n, nil
+}
+
+func (c *unreadCounter) countFd(fd uintptr) bool {
+	c.n, c.errno = unreadBytes(fd)
+	return true
+}

@@ -55,7 +55,7 @@ type op struct {
 	Op      string `json:"op"`                // see testHandler
 	Ms      int    `json:"ms,omitempty"`      // sleep, alloc, stray-later: milliseconds
 	Size    int    `json:"size,omitempty"`    // big: reply bytes; alloc: MiB held
-	Message string `json:"message,omitempty"` // fail: the error; stderr, crash: the line; stop-once: marker file; env: variable
+	Message string `json:"message,omitempty"` // fail: the error; stderr, crash: the line; stop-once, stray-later: marker file; env: variable
 	Record  string `json:"record,omitempty"`  // a file to which the worker appends its pid before it runs the op
 }
 
@@ -239,6 +239,9 @@ func testHandler(ctx context.Context, rqs pool.Payload) (pool.Payload, error) {
 		go func() {
 			time.Sleep(time.Duration(o.Ms) * time.Millisecond)
 			os.Stdout.WriteString("hello from a late stray print\n")
+			if o.Message != "" {
+				_ = os.WriteFile(o.Message, nil, 0o600) // it has printed
+			}
 		}()
 		return pool.Payload{Body: rqs.Body}, nil
 	case "sleep":

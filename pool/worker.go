@@ -19,25 +19,33 @@ const handshakeLimit = 4 << 10
 // Worker is a started worker process and its connection, past the pid
 // handshake. A Factory makes one with NewWorker; the pool runs jobs on it
 // one at a time and stops it.
+//
+// A job reads its reply on the goroutine that called Exec: a worker has
+// no reader of its own. Its death is found by a goroutine that waits for
+// the process, and output it writes while no job is under way by the next
+// job, before its request is sent.
 type Worker struct {
 	cmd     *exec.Cmd
 	conn    io.ReadWriteCloser
 	reader  *bufio.Reader
 	writer  frameWriter
+	pending func() (int, error) // bytes waiting on conn; nil when conn cannot tell
 	pid     int
 	created time.Time
 
 	// Set when the pool adopts the worker.
-	slot     *slot
-	stderr   *stderrLog    // nil when the command's stderr was not captured
-	replies  chan frame    // the reply to the job under way
-	dead     chan struct{} // closed once the process was reaped and err set
-	err      *WorkerError  // why it ended; read after dead is closed
-	busy     atomic.Bool   // a job is under way: a frame is expected
-	numExecs atomic.Uint64
+	slot       *slot
+	stderr     *stderrLog // nil when the command's stderr was not captured
+	maxPayload int
+	dead       chan struct{} // closed once the process was reaped and err set
+	err        *WorkerError  // why it ended; read after dead is closed
+	numExecs   atomic.Uint64
 
-	killOnce  sync.Once
-	killCause error // the first reason it was killed; written in killOnce
+	mu        sync.Mutex
+	killed    bool
+	killCause error // the first reason it was killed
+	reaped    bool  // its pid may belong to another process: signal nothing
+	closeOnce sync.Once
 
 	// Guarded by Pool.mu.
 	state     State
@@ -49,6 +57,13 @@ type Worker struct {
 // worker's handshake (its first frame, which must name cmd's pid) until ctx
 // is done. On failure it kills and reaps the process and closes conn, so
 // nothing is left behind. A Factory calls it after starting cmd.
+//
+// conn must stay open until the pool closes it: a pipe from
+// exec.Cmd.StdoutPipe does not (cmd.Wait closes it, and a reply written
+// just before the worker exits can be lost); give the command the ends of
+// os.Pipe pairs instead, as PipeFactory does. If conn (or, for a pair of
+// pipes, the type that joins them) implements syscall.Conn, the pool finds
+// output the worker wrote between jobs before it sends the next request.
 func NewWorker(ctx context.Context, cmd *exec.Cmd, conn io.ReadWriteCloser) (*Worker, error) {
 	if cmd == nil || cmd.Process == nil {
 		if conn != nil {
@@ -60,7 +75,7 @@ func NewWorker(ctx context.Context, cmd *exec.Cmd, conn io.ReadWriteCloser) (*Wo
 		abandon(cmd, nil)
 		return nil, errors.New("pool: NewWorker: nil connection")
 	}
-	reader := bufio.NewReaderSize(conn, 64<<10)
+	reader := bufio.NewReaderSize(conn, readBufferSize)
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close(); killGroup(cmd.Process) })
 	pid, err := readHandshake(reader)
 	if !stop() {
@@ -75,6 +90,10 @@ func NewWorker(ctx context.Context, cmd *exec.Cmd, conn io.ReadWriteCloser) (*Wo
 	}
 	return newWorker(cmd, conn, reader), nil
 }
+
+// readBufferSize is the size of a worker's read buffer: a larger reply is
+// read through it in pieces.
+const readBufferSize = 16 << 10
 
 // readHandshake reads the handshake frame and returns the pid it names.
 func readHandshake(r *bufio.Reader) (int, error) {
@@ -97,9 +116,9 @@ func newWorker(cmd *exec.Cmd, conn io.ReadWriteCloser, reader *bufio.Reader) *Wo
 		conn:    conn,
 		reader:  reader,
 		writer:  frameWriter{w: conn},
+		pending: pendingBytes(conn),
 		pid:     cmd.Process.Pid,
 		created: time.Now(),
-		replies: make(chan frame, 1),
 		dead:    make(chan struct{}),
 	}
 }
@@ -116,56 +135,47 @@ func abandon(cmd *exec.Cmd, conn io.Closer) {
 // Pid returns the worker's process id.
 func (w *Worker) Pid() int { return w.pid }
 
-// start runs the worker's reader until the process ends. A frame when no
-// job is under way, or a broken frame, is a protocol violation: the worker
-// is killed. onDead runs once it has been reaped.
+// start waits for the worker's process in a goroutine of its own: once it
+// has exited, whatever is left of its process group is killed, it is
+// reaped, and onDead runs.
 func (w *Worker) start(maxPayload int, onDead func(*Worker)) {
+	w.maxPayload = maxPayload
 	go func() {
-		err := w.read(maxPayload)
-		w.kill(err) // the stream is over: make sure the process is too
+		exited := awaitExit(w.pid) // not reaped yet: its group id is still its own
+		w.mu.Lock()
+		if exited {
+			killGroup(w.cmd.Process)
+		}
+		w.reaped = true
+		w.mu.Unlock()
 		waitErr := w.cmd.Wait()
-		_ = w.conn.Close()
 		if w.stderr != nil {
 			w.stderr.close()
 		}
-		w.err = w.failure(err, waitErr)
+		w.err = w.failure(waitErr)
 		close(w.dead)
 		onDead(w)
 	}()
 }
 
-// read delivers replies until the stream breaks or ends.
-func (w *Worker) read(maxPayload int) error {
-	for {
-		f, err := readFrame(w.reader, maxPayload)
-		if err != nil {
-			return err
-		}
-		// The reply ends the job: a frame after it, before the next
-		// request, is a violation, even one that arrived with the reply.
-		if !w.busy.CompareAndSwap(true, false) {
-			return fmt.Errorf("%w: a frame while no job was under way", ErrProtocol)
-		}
-		if f.flags&flagControl != 0 {
-			return fmt.Errorf("%w: a control frame as a reply", ErrProtocol)
-		}
-		if w.reader.Buffered() > 0 {
-			return fmt.Errorf("%w: more output after the reply", ErrProtocol)
-		}
-		w.replies <- f // buffered, and one reply per job: never blocks
-	}
-}
-
 // failure builds the WorkerError that says why the worker ended: the
-// reason it was killed for, else its read error, else its exit.
-func (w *Worker) failure(readErr, waitErr error) *WorkerError {
+// reason it was killed for, else its exit.
+func (w *Worker) failure(waitErr error) *WorkerError {
+	w.mu.Lock()
 	err := w.killCause
+	w.mu.Unlock()
 	if err == nil || errors.Is(err, io.EOF) {
 		if waitErr == nil {
 			waitErr = errors.New("exit status 0")
 		}
 		err = fmt.Errorf("%w: %v", ErrWorkerExited, waitErr)
 	}
+	return w.errorFor(err)
+}
+
+// errorFor returns a WorkerError for err with the tail of the worker's
+// stderr.
+func (w *Worker) errorFor(err error) *WorkerError {
 	werr := &WorkerError{Pid: w.pid, Err: err}
 	if w.stderr != nil {
 		werr.Stderr = w.stderr.tail()
@@ -173,13 +183,26 @@ func (w *Worker) failure(readErr, waitErr error) *WorkerError {
 	return werr
 }
 
-// kill SIGKILLs the worker's process group; the first cause is kept for
-// its WorkerError.
-func (w *Worker) kill(cause error) {
-	w.killOnce.Do(func() {
+// kill SIGKILLs the worker's process group, unless it was reaped, and
+// closes its connection, which ends a read or write under way; the first
+// cause is kept for its WorkerError.
+func (w *Worker) kill(cause error) (first bool) {
+	w.mu.Lock()
+	if !w.killed {
+		first = true
+		w.killed = true
 		w.killCause = cause
-		killGroup(w.cmd.Process)
-	})
+		if !w.reaped {
+			killGroup(w.cmd.Process)
+		}
+	}
+	w.mu.Unlock()
+	w.closeConn()
+	return first
+}
+
+func (w *Worker) closeConn() {
+	w.closeOnce.Do(func() { _ = w.conn.Close() })
 }
 
 // jobResult is what a job on a worker came to.
@@ -188,13 +211,19 @@ type jobResult struct {
 	err     error  // for the caller
 	replace string // a planned replacement's reason
 	failure error  // a *WorkerError for the kernel: the slot fails
+	unsent  bool   // the request was not sent: the job may run elsewhere
 }
 
 // exec runs one job on the worker, killing it if ctx is done or the job
 // runs past timeout (0: none) first.
 func (w *Worker) exec(ctx context.Context, rqs Payload, timeout time.Duration) jobResult {
+	if err := w.unrequested(); err != nil {
+		w.kill(err)
+		<-w.dead
+		werr := w.errorFor(err)
+		return jobResult{err: werr, failure: werr, unsent: true}
+	}
 	w.numExecs.Add(1)
-	w.busy.Store(true)
 	jobCtx := ctx
 	if timeout > 0 {
 		var cancel context.CancelFunc
@@ -206,26 +235,26 @@ func (w *Worker) exec(ctx context.Context, rqs Payload, timeout time.Duration) j
 		stop = context.AfterFunc(jobCtx, func() { w.kill(context.Cause(jobCtx)) })
 	}
 	var reply frame
-	replied := false
-	if err := w.writer.write(0, rqs.Context, rqs.Body); err != nil {
-		w.kill(fmt.Errorf("%w: writing the request: %w", ErrWorkerExited, err))
-	} else {
-		select {
-		case reply = <-w.replies:
-			replied = true
-		case <-w.dead:
-		}
+	err := w.writer.write(0, rqs.Context, rqs.Body)
+	if err != nil {
+		err = fmt.Errorf("%w: writing the request: %w", ErrWorkerExited, err)
+	} else if reply, err = readFrame(w.reader, w.maxPayload); err == nil {
+		err = w.checkReply(reply)
 	}
-	// The reader cleared busy when it delivered the reply; without one
-	// the worker is dead or dying and busy no longer matters.
-	cut := !stop()
-	switch {
-	case cut:
+	// Cut: the job's ctx killed the worker, or Destroy did, and ended the
+	// read or write with the connection.
+	if !stop() || (err != nil && !w.kill(err)) {
 		<-w.dead
 		return w.cutResult(ctx)
-	case !replied:
-		<-w.dead // a failed write killed it: wait for its error
-		return jobResult{err: w.err, failure: w.err}
+	}
+	switch {
+	case err != nil:
+		<-w.dead
+		werr := w.err // it ended its stream: say how it exited
+		if !errors.Is(err, io.EOF) {
+			werr = w.errorFor(err)
+		}
+		return jobResult{err: werr, failure: werr}
 	case reply.flags&flagError != 0:
 		return jobResult{err: JobError(reply.body)}
 	case string(reply.context) == StopRequest:
@@ -234,13 +263,42 @@ func (w *Worker) exec(ctx context.Context, rqs Payload, timeout time.Duration) j
 	return jobResult{reply: Payload{Context: reply.context, Body: reply.body}}
 }
 
+// unrequested returns a protocol violation if the worker wrote anything
+// since its last reply.
+func (w *Worker) unrequested() error {
+	n := w.reader.Buffered()
+	if n == 0 && w.pending != nil {
+		n, _ = w.pending() // an error is the write's to find
+	}
+	if n > 0 {
+		return fmt.Errorf("%w: %d bytes of output while no job was under way", ErrProtocol, n)
+	}
+	return nil
+}
+
+// checkReply returns a protocol violation for a frame that cannot be a
+// reply, or one with more output behind it.
+func (w *Worker) checkReply(f frame) error {
+	if f.flags&flagControl != 0 {
+		return fmt.Errorf("%w: a control frame as a reply", ErrProtocol)
+	}
+	if w.reader.Buffered() > 0 {
+		return fmt.Errorf("%w: more output after the reply", ErrProtocol)
+	}
+	return nil
+}
+
 // cutResult is the result of a job whose worker was killed because the
 // caller's ctx was done, ExecTimeout passed, or Destroy cut it.
 func (w *Worker) cutResult(ctx context.Context) jobResult {
+	w.mu.Lock()
+	cause := w.killCause
+	w.mu.Unlock()
 	switch {
-	case errors.Is(w.killCause, ErrExecTimeout):
-		return jobResult{err: w.err, failure: w.err}
-	case errors.Is(w.killCause, ErrPoolStopped):
+	case errors.Is(cause, ErrExecTimeout):
+		werr := w.errorFor(cause)
+		return jobResult{err: werr, failure: werr}
+	case errors.Is(cause, ErrPoolStopped):
 		return jobResult{err: fmt.Errorf("pool: job cut short, worker %d killed: %w", w.pid, ErrPoolStopped), replace: ReasonCancelled}
 	case ctx.Err() != nil:
 		return jobResult{err: ctx.Err(), replace: ReasonCancelled}
@@ -249,8 +307,10 @@ func (w *Worker) cutResult(ctx context.Context) jobResult {
 }
 
 // stop asks the worker to exit with a stop frame and SIGKILLs its group
-// if it has not within timeout; it returns once the worker was reaped.
+// if it has not within timeout; it returns once the worker was reaped and
+// its connection closed.
 func (w *Worker) stop(timeout time.Duration) {
+	defer w.closeConn()
 	select {
 	case <-w.dead:
 		return
