@@ -29,7 +29,10 @@ import (
 // ("raw" sides) speak the wire protocol by hand on the child's stdin and
 // stdout with the least code that does it correctly — encode a frame,
 // decode one and check its checksums — so they are the floor under any
-// pool of such workers. See BENCHMARKS.md §7.
+// pool of such workers. The exception is the RoadRunner side of the
+// parallel comparison (roadrunner_test.go): RoadRunner speaks its own
+// protocol, so its workers are bench/internal/rrworker, the same echo in
+// that protocol. See BENCHMARKS.md §7.
 
 const (
 	poolJobSize = 64
@@ -38,16 +41,18 @@ const (
 	poolCrashOp = `{"op":"crash"}`
 )
 
-// buildPoolWorker builds the benchmark worker into a temporary directory
-// that is removed when tb ends, and returns its path.
+// buildPoolWorker builds the benchmark worker, and the RoadRunner one
+// beside it (see rrWorkerBeside), into a temporary directory that is
+// removed when tb ends, and returns the path of ours.
 func buildPoolWorker(tb testing.TB) string {
 	tb.Helper()
-	path := filepath.Join(tb.TempDir(), "poolworker")
-	out, err := exec.Command("go", "build", "-o", path, "./internal/poolworker").CombinedOutput()
+	dir := tb.TempDir()
+	out, err := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
+		"./internal/poolworker", "./internal/rrworker").CombinedOutput()
 	if err != nil {
-		tb.Fatalf("building the pool worker: %v\n%s", err, out)
+		tb.Fatalf("building the pool workers: %v\n%s", err, out)
 	}
-	return path
+	return filepath.Join(dir, "poolworker")
 }
 
 // poolRun is one side of a pool benchmark, started: jobs runs n jobs and
@@ -363,7 +368,7 @@ func poolCrashReplaceRaw(worker string) (poolRun, error) {
 	}, nil
 }
 
-// The four comparisons: ours first, then the peer, then diagnostics.
+// The four comparisons: ours first, then the peers, then diagnostics.
 var (
 	poolSerialSides = []poolSide{
 		{"supervisor", poolSerialSupervisor},
@@ -373,6 +378,7 @@ var (
 	poolParallelSides = []poolSide{
 		{"supervisor", poolParallelSupervisor},
 		{"freelist", poolParallelFreeList},
+		{"roadrunner", poolParallelRoadRunner},
 	}
 	poolMaxExecutions1Sides = []poolSide{
 		{"supervisor", poolMaxExecutions1Supervisor},
@@ -429,7 +435,8 @@ func BenchmarkPoolPaired(b *testing.B) {
 		block int // jobs per block: tens of milliseconds
 	}{
 		{"serial", poolSerialSides[:2], 2000},
-		{"parallel", poolParallelSides, 2000},
+		{"parallel", poolParallelSides[:2], 2000},
+		{"parallel-roadrunner", []poolSide{poolParallelSides[0], poolParallelSides[2]}, 2000},
 		{"max-executions-1", poolMaxExecutions1Sides, 10},
 		{"crash-replace", poolCrashReplaceSides, 10},
 	} {
@@ -456,6 +463,9 @@ func BenchmarkPoolPaired(b *testing.B) {
 				}
 				done += k
 			}
+			// Stopping is not a job, and RoadRunner's Destroy takes a second:
+			// timed, it would hold b.N at 1.
+			b.StopTimer()
 			for _, run := range runs {
 				if run.stop != nil {
 					err = errors.Join(err, run.stop())

@@ -203,6 +203,31 @@ func TestAKillReachesTheWorkersProcessGroup(t *testing.T) {
 		"the worker's child survived the kill")
 }
 
+func TestAWorkersProcessGroupDiesWithItWhenItExitsOnItsOwn(t *testing.T) {
+	p := newTestPool(t, pool.Config{NumWorkers: 1, Backoff: constantBackoff(10 * time.Millisecond)}, "")
+	childOf := func() int {
+		reply, err := p.Exec(t.Context(), op{Op: "child"}.payload(nil))
+		require.NoError(t, err)
+		child, err := strconv.Atoi(string(reply.Body))
+		require.NoError(t, err)
+		require.False(t, pidDead(child))
+		return child
+	}
+	// A crash: nobody killed the worker, yet its child goes with it.
+	crashed := childOf()
+	_, err := p.Exec(t.Context(), op{Op: "crash"}.payload(nil))
+	var werr *pool.WorkerError
+	require.ErrorAs(t, err, &werr)
+	require.Eventually(t, func() bool { return pidDead(crashed) }, 5*time.Second, 10*time.Millisecond,
+		"the child of a worker that exited on its own survived it")
+
+	// A clean stop at Destroy: the same.
+	stopped := childOf()
+	require.NoError(t, p.Destroy(t.Context()))
+	require.Eventually(t, func() bool { return pidDead(stopped) }, 5*time.Second, 10*time.Millisecond,
+		"the child of a stopped worker survived it")
+}
+
 func TestWorkersAreReplacedOverEveryFactory(t *testing.T) {
 	for _, fc := range factories {
 		t.Run(fc.name, func(t *testing.T) {

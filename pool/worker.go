@@ -337,8 +337,9 @@ type stderrLog struct {
 }
 
 const (
-	stderrTailBytes = 4 << 10
-	stderrLineLimit = 16 << 10 // a longer line is passed on in pieces
+	stderrTailBytes  = 4 << 10
+	stderrLineLimit  = 16 << 10 // a longer line is passed on in pieces
+	stderrCopyBuffer = 2 << 10
 )
 
 func (l *stderrLog) Write(p []byte) (int, error) {
@@ -360,6 +361,27 @@ func (l *stderrLog) Write(p []byte) (int, error) {
 		p = p[i+1:]
 	}
 	return n, nil
+}
+
+// ReadFrom copies the worker's stderr through a small buffer: the copy
+// os/exec makes for a writer that is not a file would take 32 KiB for
+// every worker.
+func (l *stderrLog) ReadFrom(r io.Reader) (int64, error) {
+	buf := make([]byte, stderrCopyBuffer)
+	var total int64
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			_, _ = l.Write(buf[:n])
+			total += int64(n)
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
 }
 
 // keep appends p to the tail, keeping its last stderrTailBytes.
