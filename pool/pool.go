@@ -399,6 +399,7 @@ func (p *Pool) offerLocked(w *Worker) {
 		p.waiters[0] = nil
 		p.waiters = p.waiters[1:]
 		w.state = StateWorking
+		w.sawIdle = false // straight from its last job
 		p.busy++
 		wt.granted <- w // buffered: never blocks
 		return
@@ -505,6 +506,7 @@ func (p *Pool) allocate(ctx context.Context) (*Worker, error) {
 		p.free[n-1] = nil
 		p.free = p.free[:n-1]
 		w.state = StateWorking
+		w.sawIdle = time.Since(w.idleSince) >= idleOutputGap
 		p.busy++
 		p.mu.Unlock()
 		return w, nil
@@ -629,7 +631,7 @@ func (p *Pool) check() {
 			continue
 		}
 		if w.state == StateReady {
-			if err := w.unrequested(); err != nil {
+			if err := w.unrequested(true); err != nil {
 				p.removeFreeLocked(w)
 				w.kill(err)
 				p.handBackLocked(w, slotEvent{failure: w.errorFor(err)})

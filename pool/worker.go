@@ -50,6 +50,7 @@ type Worker struct {
 	// Guarded by Pool.mu.
 	state     State
 	idleSince time.Time
+	sawIdle   bool   // it waited idle for idleOutputGap or more before its job
 	retire    string // a soft limit it passed while busy: replace it after its job
 }
 
@@ -217,7 +218,7 @@ type jobResult struct {
 // exec runs one job on the worker, killing it if ctx is done or the job
 // runs past timeout (0: none) first.
 func (w *Worker) exec(ctx context.Context, rqs Payload, timeout time.Duration) jobResult {
-	if err := w.unrequested(); err != nil {
+	if err := w.unrequested(w.sawIdle); err != nil {
 		w.kill(err)
 		<-w.dead
 		werr := w.errorFor(err)
@@ -263,11 +264,18 @@ func (w *Worker) exec(ctx context.Context, rqs Payload, timeout time.Duration) j
 	return jobResult{reply: Payload{Context: reply.context, Body: reply.body}}
 }
 
+// idleOutputGap is how long a worker must have waited idle before its
+// next job for that job to look for output on its connection first (a
+// system call). Output written within it is read by the job, as if written
+// during the job: a WorkerError.
+const idleOutputGap = time.Millisecond
+
 // unrequested returns a protocol violation if the worker wrote anything
-// since its last reply.
-func (w *Worker) unrequested() error {
+// since its last reply: bytes read with the reply, and with onConn those
+// waiting on its connection too.
+func (w *Worker) unrequested(onConn bool) error {
 	n := w.reader.Buffered()
-	if n == 0 && w.pending != nil {
+	if n == 0 && onConn && w.pending != nil {
 		n, _ = w.pending() // an error is the write's to find
 	}
 	if n > 0 {
