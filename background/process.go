@@ -229,9 +229,12 @@ func (p *Process) RegisterWork(workName string, params Params, tx Tx) (*Work, er
 
 // UnregisterWork moves a work item to cleanup: the next run calls
 // CleanupWork for it, then drops it. An unknown name is queued for cleanup
-// too; one already in cleanup or dropped is left alone. tx as for
-// RegisterWork.
+// too; one already in cleanup or dropped is left alone. An empty name is
+// an error. tx as for RegisterWork.
 func (p *Process) UnregisterWork(workName string, tx Tx) error {
+	if workName == "" {
+		return fmt.Errorf("background: process %q: UnregisterWork: empty work name", p.name)
+	}
 	return p.update(tx, "UnregisterWork", func(s *State, now time.Time) bool {
 		_, cleanup := s.CleanupWork[workName]
 		_, dropped := s.DroppedWork[workName]
@@ -247,7 +250,9 @@ func (p *Process) UnregisterWork(workName string, tx Tx) error {
 // UpdateSettings replaces the stored settings and, if scheduleFrequency is
 // positive, the schedule frequency (raised to the minimum) of the store
 // and of this Process value. Running instances take the change in at their
-// next progress write (Merged). tx as for RegisterWork.
+// next progress write (Merged). tx as for RegisterWork; with the caller's
+// tx, this Process value takes the new frequency when the call returns,
+// even if the caller rolls back.
 func (p *Process) UpdateSettings(scheduleFrequency time.Duration, settings Params, tx Tx) error {
 	err := p.update(tx, "UpdateSettings", func(s *State, now time.Time) bool {
 		s.Settings = settings.Clone()
