@@ -15,10 +15,10 @@
 // A run should end within its slot. At the next slot boundary, an active
 // run whose last progress write is older than the boundary counts as
 // stalled: the first instance to cycle in the new slot (at the boundary
-// plus a jitter of at most min(30s, frequency/10)) takes it over, and the
-// old owner gets Conflict at its next write. A longer run keeps its slot
-// only if it writes progress between the boundary and the others' cycles:
-// set a progress frequency below the jitter with UpdateFlowControl.
+// plus a jitter of at most min(30s, frequency/10), which may be none)
+// takes it over from the first item, and the old owner gets Conflict at
+// its next write — until then it may still work on items the new owner
+// works on too.
 //
 // Quick start:
 //

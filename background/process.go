@@ -20,6 +20,10 @@ const (
 	MaxWorkErrors               = 10               // default errors kept per item; the next answers Abort
 	MaxTotalErrors              = 25               // default errors kept per run; the next answers Abort
 
+	// minFrequencyFloor is the lowest schedule frequency, whatever the
+	// minimum: a zero one would make Run spin.
+	minFrequencyFloor = time.Millisecond
+
 	// lockWait bounds how long claims, progress writes, finishes and the
 	// registration methods retry ErrLocked.
 	lockWait = 30 * time.Second
@@ -87,7 +91,9 @@ func WithLogger(l *slog.Logger) Option {
 // Process is batch work that runs at a schedule frequency over a set of
 // registered work items, keeping its state in a Store shared by every
 // instance of the service; exactly one instance owns each run. Its
-// methods are safe for concurrent use.
+// methods are safe for concurrent use, but a run's *State belongs to the
+// run: Progress, AddError, AddWorkError, AddStats and AddWorkStats change
+// it, and must not be called on it from two goroutines at once.
 type Process struct {
 	name            string
 	worker          Worker
@@ -155,16 +161,19 @@ func (p *Process) Instance() string { return p.instance }
 func (p *Process) DefaultSettings() Params { return p.defaultSettings.Clone() }
 
 // ScheduleFrequency returns the process's schedule frequency: the one given
-// to NewProcess or UpdateSettings, raised to the minimum.
+// to NewProcess or UpdateSettings, raised to the minimum (and to 1ms). Runs
+// follow the stored frequency, which another instance's UpdateSettings may
+// have changed.
 func (p *Process) ScheduleFrequency() time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.raisedLocked(p.frequency)
 }
 
-// raisedLocked returns freq raised to the minimum schedule frequency.
+// raisedLocked returns freq raised to the minimum schedule frequency, and
+// to minFrequencyFloor.
 func (p *Process) raisedLocked(freq time.Duration) time.Duration {
-	return max(freq, p.minFrequency, time.Nanosecond)
+	return max(freq, p.minFrequency, minFrequencyFloor)
 }
 
 // progressFrequencyLocked returns the progress frequency for a run at
@@ -290,14 +299,17 @@ func (p *Process) update(tx Tx, op string, change func(s *State, now time.Time) 
 	if err != nil {
 		return fmt.Errorf("background: process %q: %s: %w", p.name, op, err)
 	}
-	now := time.Now()
-	if !change(s, now) {
+	// The change's stamp: its SettingsTime, and the queue time of an item
+	// it sends to cleanup, by which a run's merge tells whether it knew of
+	// that.
+	stamp := settingsTime(s, time.Now())
+	if !change(s, stamp) {
 		if own {
 			return tx.Rollback()
 		}
 		return nil
 	}
-	s.SettingsTime = settingsTime(s, now)
+	s.SettingsTime = stamp
 	if err = tx.Write(ctx, s); err != nil {
 		return fmt.Errorf("background: process %q: %s: %w", p.name, op, err)
 	}
@@ -356,11 +368,10 @@ func (p *Process) read(ctx context.Context, tx Tx) (*State, error) {
 		p.mu.Lock()
 		freq := p.raisedLocked(p.frequency)
 		p.mu.Unlock()
-		s = &State{
+		s = &State{ // SettingsTime zero: no change yet
 			Name:              p.name,
 			ScheduleFrequency: freq,
 			Settings:          p.defaultSettings.Clone(),
-			SettingsTime:      time.Now(),
 		}
 		err = nil
 	}

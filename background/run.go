@@ -167,10 +167,8 @@ func (p *Process) work(ctx context.Context, state *State) Progress {
 		}
 		work.Status = Status{State: StateActive, StartTime: time.Now(), Stats: map[string]float64{}}
 		err := p.processItem(ctx, state, name, work)
-		// The item may have been replaced by a merge inside the worker's
-		// own Progress call: its status is the one in the state now.
-		if w, ok := state.ActiveWork[name]; ok {
-			work = w
+		if err != nil && ctx.Err() != nil {
+			return Aborted // stopped, not failed: the run ends here, unwritten
 		}
 		work.Status.FinishTime = time.Now()
 		switch {
@@ -193,6 +191,9 @@ func (p *Process) work(ctx context.Context, state *State) Progress {
 			return Aborted
 		}
 		if err := p.cleanupItem(ctx, state, name); err != nil {
+			if ctx.Err() != nil {
+				return Aborted
+			}
 			p.addError(fmt.Errorf("cleanup of %q: %w", name, err), name, nil, state)
 		} else if _, active := state.ActiveWork[name]; !active {
 			delete(state.CleanupWork, name)
@@ -268,7 +269,10 @@ func (p *Process) finish(ctx context.Context, state *State, result Progress) tim
 	for k, v := range st.Stats {
 		state.AggregateStats[k] += v
 	}
-	progress, err := p.write(ctx, state)
+	p.mu.Lock()
+	r := p.run
+	p.mu.Unlock()
+	progress, err := p.write(r, state)
 	p.mu.Lock()
 	freq := p.raisedLocked(state.ScheduleFrequency)
 	p.mu.Unlock()
@@ -293,10 +297,8 @@ func (p *Process) Progress(state *State) (Progress, error) {
 	p.mu.Lock()
 	r := p.run
 	var due bool
-	var ctx context.Context
 	if r != nil {
 		due = time.Since(r.lastWrite) >= r.progressFrequency
-		ctx = r.ctx
 	}
 	p.mu.Unlock()
 	switch {
@@ -305,18 +307,21 @@ func (p *Process) Progress(state *State) (Progress, error) {
 	case !due:
 		return None, nil
 	}
-	return p.write(ctx, state)
+	return p.write(r, state)
 }
 
 // write writes state as the run's, under the lock, with the ownership
 // check and a merge.
-func (p *Process) write(ctx context.Context, state *State) (Progress, error) {
+func (p *Process) write(r *run, state *State) (Progress, error) {
 	p.mu.Lock()
-	r := p.run
-	conflict, claim, settingsTime := r.conflict, r.claim, r.settingsTime
+	ctx, conflict, claim, settingsTime := r.ctx, r.conflict, r.claim, r.settingsTime
 	p.mu.Unlock()
 	if conflict {
 		return Conflict, fmt.Errorf("background: process %q: %w", p.name, ErrConflict)
+	}
+	if state.Instance != p.instance || state.Claim != claim {
+		return None, fmt.Errorf("background: process %q: Progress: the state given is claim %d of instance %q, not this run's (claim %d of %q)",
+			p.name, state.Claim, state.Instance, claim, p.instance)
 	}
 	tx, err := p.lock(ctx)
 	if err != nil {
@@ -337,7 +342,7 @@ func (p *Process) write(ctx context.Context, state *State) (Progress, error) {
 	}
 	progress := Updated
 	if !stored.SettingsTime.Equal(settingsTime) {
-		merge(state, stored, time.Now())
+		merge(state, stored, settingsTime, time.Now())
 		progress = Merged
 	}
 	now := time.Now()
@@ -357,8 +362,11 @@ func (p *Process) write(ctx context.Context, state *State) (Progress, error) {
 
 // merge takes the settings changes of stored into the run's state: stored
 // settings, frequency and item params win; items keep their in-run
-// status; items no longer registered go to cleanup; new ones join.
-func merge(state, stored *State, now time.Time) {
+// status; items no longer registered go to cleanup; new ones join. since
+// is the SettingsTime the run last took in: an item queued for cleanup
+// after it (its queue time is the change's SettingsTime) is cleaned up
+// again even if the run dropped it.
+func merge(state, stored *State, since, now time.Time) {
 	for name, work := range state.ActiveWork {
 		if s, ok := stored.ActiveWork[name]; ok {
 			work.Params = s.Params.Clone()
@@ -378,8 +386,9 @@ func merge(state, stored *State, now time.Time) {
 		if _, active := state.ActiveWork[name]; active {
 			continue
 		}
-		// Cleaned up by this run after it was queued: it stays dropped.
-		if dropped, ok := state.DroppedWork[name]; ok && !dropped.Before(t) {
+		// Cleaned up by this run, and queued before the run last read the
+		// settings: it stays dropped.
+		if _, dropped := state.DroppedWork[name]; dropped && !t.After(since) {
 			continue
 		}
 		state.CleanupWork[name] = t

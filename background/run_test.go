@@ -516,6 +516,10 @@ func TestRunCycleProcessesActiveItemsInNameOrderThenCleanup(t *testing.T) {
 		runRegister(t, p, "c", "a", "b")
 		require.NoError(t, p.UnregisterWork("y", nil))
 		require.NoError(t, p.UnregisterWork("x", nil))
+		// Queued at the change's SettingsTime: t0, or a few ns past it for
+		// changes made at the same instant.
+		queued := runRead(t, store, "order").CleanupWork["y"]
+		require.WithinDuration(t, t0, queued, time.Microsecond)
 
 		p.Run(t.Context())
 
@@ -528,7 +532,7 @@ func TestRunCycleProcessesActiveItemsInNameOrderThenCleanup(t *testing.T) {
 		runTime(t, t0.Add(time.Minute), s.DroppedWork["x"], "dropped when its cleanup succeeded, in the first cycle")
 		require.NotContains(t, s.CleanupWork, "x")
 		require.Contains(t, s.CleanupWork, "y")
-		runTime(t, t0, s.CleanupWork["y"], "a failed cleanup keeps the item as it was queued")
+		runTime(t, queued, s.CleanupWork["y"], "a failed cleanup keeps the item as it was queued")
 		require.NotContains(t, s.DroppedWork, "y")
 		require.Equal(t, background.StateIncomplete, s.Status.State)
 		require.Equal(t, 1, s.Status.TotalErrors)
