@@ -63,8 +63,7 @@ func TestDestroyKillsBusyWorkersWhenItsContextExpires(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	err = p.Destroy(ctx)
-	require.ErrorIs(t, err, context.DeadlineExceeded)
-	require.GreaterOrEqual(t, time.Since(start), 300*time.Millisecond)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "Destroy waited for ctx to expire")
 	require.Less(t, time.Since(start), 5*time.Second)
 
 	r := <-cut

@@ -30,7 +30,7 @@ func TestNewPoolSpawnsAllWorkersConcurrentlyEachInItsOwnProcessGroup(t *testing.
 			p := startPool(t, cmd, fc.new(t), pool.Config{NumWorkers: numWorkers, SpawnTimeout: 10 * time.Second})
 			elapsed := time.Since(start)
 			require.GreaterOrEqual(t, elapsed, spawnDelay, "NewPool returned before the handshakes")
-			require.Less(t, elapsed, 3*spawnDelay, "one spawn after the other would take %s", numWorkers*spawnDelay)
+			require.Less(t, elapsed, numWorkers*spawnDelay, "one spawn after the other would take at least %s", numWorkers*spawnDelay)
 
 			workers := p.Workers()
 			require.Len(t, workers, numWorkers)
@@ -192,11 +192,9 @@ func TestNewWorkerKillsAndReapsAWorkerThatDoesNotHandShakeInTime(t *testing.T) {
 	require.NoError(t, cmd.Start())
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 	defer cancel()
-	start := time.Now()
 	w, err := pool.NewWorker(ctx, cmd, pipeConn{stdout, stdin})
-	require.Error(t, err)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "it gave up when ctx expired")
 	require.Nil(t, w)
-	require.GreaterOrEqual(t, time.Since(start), 300*time.Millisecond)
 	require.True(t, pidGone(cmd.Process.Pid), "the process was killed and reaped")
 }
 
