@@ -121,3 +121,36 @@ func TestProgressRefusesAStateOfAnotherRun(t *testing.T) {
 		require.Equal(t, background.StateCompleted, s.Status.State)
 	})
 }
+
+// After a merge that changes the schedule frequency, the run's progress
+// frequency follows it (with no minimum: frequency/10).
+func TestProgressFrequencyFollowsAMergedScheduleFrequency(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := background.NewMemoryStore()
+		other := background.NewProcess("follow", &funcWorker{}, store, time.Hour, background.Params{}, background.WithLogger(runDiscard))
+		var got []background.Progress
+		w := &funcWorker{cycles: 1}
+		w.process = func(_ context.Context, s *background.State, _ string, p *background.Process) error {
+			step := func(d time.Duration) {
+				time.Sleep(d)
+				pr, err := p.Progress(s)
+				require.NoError(t, err)
+				got = append(got, pr)
+			}
+			step(7 * time.Minute) // past 6m (1h/10): updated
+			require.NoError(t, other.UpdateSettings(3*time.Hour, background.Params{}, nil))
+			step(7 * time.Minute)  // merged: the frequency is 3h now
+			step(7 * time.Minute)  // 7m since the last write, under 18m (3h/10)
+			step(11 * time.Minute) // 18m since the last write
+			return nil
+		}
+		p := background.NewProcess("follow", w, store, time.Hour, background.Params{}, background.WithLogger(runDiscard))
+		require.NoError(t, p.UpdateFlowControl(time.Minute, 0, 0))
+		_, err := p.RegisterWork("x", background.Params{}, nil)
+		require.NoError(t, err)
+
+		p.Run(t.Context())
+
+		require.Equal(t, []background.Progress{background.Updated, background.Merged, background.None, background.Updated}, got)
+	})
+}

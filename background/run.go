@@ -356,6 +356,9 @@ func (p *Process) write(r *run, state *State) (Progress, error) {
 	p.mu.Lock()
 	r.lastWrite = now
 	r.settingsTime = state.SettingsTime
+	if progress == Merged { // the frequency may have changed with the settings
+		r.progressFrequency = p.progressFrequencyLocked(p.raisedLocked(state.ScheduleFrequency))
+	}
 	p.mu.Unlock()
 	return progress, nil
 }
