@@ -43,16 +43,6 @@ func (w *funcWorker) Wait(ctx context.Context, d time.Duration) bool {
 	return ctx.Err() == nil
 }
 
-func readStored(t *testing.T, store background.Store, name string) *background.State {
-	t.Helper()
-	tx, err := store.Lock(t.Context(), name)
-	require.NoError(t, err)
-	defer func() { _ = tx.Rollback() }()
-	s, err := tx.Read(t.Context())
-	require.NoError(t, err)
-	return s
-}
-
 // An item the run cleaned up, registered and unregistered again at the
 // same clock reading while the run goes on, is queued for cleanup again:
 // the merge tells by the settings change, not by comparing clocks.
@@ -79,7 +69,7 @@ func TestAnItemUnregisteredAgainAfterItsCleanupIsCleanedUpAgain(t *testing.T) {
 		p.Run(t.Context())
 
 		require.Equal(t, map[string]int{"a": 2, "b": 1}, cleaned, "a is cleaned up in the second cycle too")
-		s := readStored(t, store, "tie")
+		s := runRead(t, store, "tie")
 		require.Empty(t, s.CleanupWork)
 		require.Contains(t, s.DroppedWork, "a")
 		require.Contains(t, s.DroppedWork, "b")
@@ -116,7 +106,7 @@ func TestProgressRefusesAStateOfAnotherRun(t *testing.T) {
 		require.Equal(t, []background.Progress{background.None, background.Updated}, progress)
 		require.ErrorContains(t, errs[0], "not this run's")
 		require.NoError(t, errs[1])
-		s := readStored(t, store, "stale")
+		s := runRead(t, store, "stale")
 		require.Equal(t, int64(2), s.Claim, "the second run's claim stands")
 		require.Equal(t, background.StateCompleted, s.Status.State)
 	})

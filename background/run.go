@@ -456,21 +456,10 @@ func (p *Process) addError(err error, workName string, workStatus *Status, state
 	now := time.Now()
 	action := Continue
 	record := ErrorRecord{Time: now, Text: err.Error()}
-	if workStatus != nil {
-		workStatus.TotalErrors++
-		workStatus.LastErrorTime = now
-		if len(workStatus.Errors) < p.maxWorkErrors {
-			workStatus.Errors = append(workStatus.Errors, record)
-		} else {
-			action = Abort
-		}
+	if workStatus != nil && !workStatus.record(record, p.maxWorkErrors) {
+		action = Abort
 	}
-	st := &state.Status
-	st.TotalErrors++
-	st.LastErrorTime = now
-	if len(st.Errors) < p.maxRunErrors {
-		st.Errors = append(st.Errors, record)
-	} else {
+	if !state.Status.record(record, p.maxRunErrors) {
 		action = Abort
 	}
 	if p.kernel != nil {
@@ -489,6 +478,18 @@ func (p *Process) addError(err error, workName string, workStatus *Status, state
 		p.abort()
 	}
 	return action
+}
+
+// record counts an error in s and keeps it if s holds fewer than limit;
+// false: it was past the limit.
+func (s *Status) record(r ErrorRecord, limit int) bool {
+	s.TotalErrors++
+	s.LastErrorTime = r.Time
+	if len(s.Errors) >= limit {
+		return false
+	}
+	s.Errors = append(s.Errors, r)
+	return true
 }
 
 // AddStats adds count to the run's statistic name.
