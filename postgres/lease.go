@@ -1,0 +1,333 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// This file keeps this node's leases: every Renew one cycle writes the
+// heartbeat, renews the held leases, releases the rows given up, purges
+// released tombstones and counts live nodes and rows (one batch, one round
+// trip); then the node sheds rows over its fair share, or claims rows up
+// to it. A timer declares every row lost when renewals stop succeeding.
+
+// renewLoop runs a cycle every Renew, sooner when a release is due, and
+// shortly after a wake (a free row was put, a node released rows, the
+// listener reconnected).
+func (t *Table[P]) renewLoop(ctx context.Context) {
+	defer t.background.Done()
+	timer := time.NewTimer(t.o.Renew)
+	defer timer.Stop()
+	minGap := t.o.Renew / 10 // wakes coalesce into at most one cycle per minGap
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.wake:
+			timer.Reset(max(0, time.Until(last.Add(minGap))))
+			continue
+		case <-timer.C:
+		}
+		last = time.Now()
+		if err := t.cycle(ctx); err != nil && ctx.Err() == nil {
+			t.log.Warn("postgres: lease renewal failed", "err", err)
+		}
+		timer.Reset(t.untilNextCycle())
+	}
+}
+
+// wakeUp asks for a cycle soon, without blocking.
+func (t *Table[P]) wakeUp() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+// untilNextCycle is Renew, or less if a held row's release comes first.
+func (t *Table[P]) untilNextCycle() time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	next := t.o.Renew
+	for _, l := range t.held {
+		if !l.active() {
+			next = min(next, max(0, time.Until(l.releaseAt)))
+		}
+	}
+	return next
+}
+
+// renewed is one row of the renewal's answer.
+type renewed struct {
+	Key     string
+	Fence   int64
+	Version int64
+	Deleted bool
+}
+
+// cycle renews, then sheds or claims. Its ctx ends at the loss deadline at
+// the latest, so a hung query cannot outlive the leases it renews.
+func (t *Table[P]) cycle(ctx context.Context) error {
+	t.mu.Lock()
+	epoch := t.epoch
+	var keys, releaseKeys []string
+	var fences, releaseFences []int64
+	var releaseOnlyDeleted []bool
+	now := time.Now()
+	for key, l := range t.held {
+		// Every held lease is renewed, those due for release too: the
+		// release of a deleted row that was put again is skipped, and its
+		// lease must still be good.
+		keys = append(keys, key)
+		if !l.active() && !now.Before(l.releaseAt) {
+			releaseKeys = append(releaseKeys, key)
+			releaseFences = append(releaseFences, l.fence)
+			releaseOnlyDeleted = append(releaseOnlyDeleted, l.deleted)
+		}
+		fences = append(fences, l.fence)
+	}
+	deadline := t.deadline
+	t.mu.Unlock()
+
+	limit := time.Now().Add(t.o.LeaseTTL)
+	if len(keys) > 0 && deadline.After(time.Now()) {
+		limit = deadline
+	}
+	ctx, cancel := context.WithDeadline(ctx, limit)
+	defer cancel()
+
+	ttl := t.o.LeaseTTL.Microseconds()
+	sent := time.Now()
+	batch := &pgx.Batch{}
+	batch.Queue(`INSERT INTO `+t.schema.nodes+` (name, node, heartbeat) VALUES ($1, $2, now())
+ON CONFLICT (name, node) DO UPDATE SET heartbeat = now()`, t.name, t.o.Node)
+	var renewedRows []renewed
+	batch.Queue(`UPDATE `+t.schema.rows+` r SET lease_until = now() + $5 * interval '1 microsecond'
+FROM unnest($3::text[], $4::bigint[]) AS h(key, fence)
+WHERE r.name = $1 AND r.key = h.key AND r.owner = $2 AND r.fence = h.fence
+RETURNING r.key, r.fence, r.version, r.deleted`, t.name, t.o.Node, keys, fences, ttl).
+		Query(func(rows pgx.Rows) error {
+			var err error
+			renewedRows, err = pgx.CollectRows(rows, pgx.RowToStructByPos[renewed])
+			return err
+		})
+	var released []string
+	batch.Queue(`UPDATE `+t.schema.rows+` r SET owner = NULL, lease_until = NULL
+FROM unnest($3::text[], $4::bigint[], $5::bool[]) AS h(key, fence, only_deleted)
+WHERE r.name = $1 AND r.key = h.key AND r.owner = $2 AND r.fence = h.fence AND (r.deleted OR NOT h.only_deleted)
+RETURNING r.key`, t.name, t.o.Node, releaseKeys, releaseFences, releaseOnlyDeleted).
+		Query(func(rows pgx.Rows) error {
+			var err error
+			released, err = pgx.CollectRows(rows, pgx.RowTo[string])
+			return err
+		})
+	if len(releaseKeys) > 0 {
+		batch.Queue(`SELECT pg_notify($1, $2)`, t.schema.channel, change{op: opReleased, name: t.name}.payload())
+	}
+	// A tombstone nobody holds any more goes; the fence floor keeps the
+	// fence of a row put again above every fence it had.
+	batch.Queue(`WITH p AS (
+	DELETE FROM `+t.schema.rows+` WHERE name = $1 AND deleted AND (owner IS NULL OR lease_until < now())
+	RETURNING fence
+)
+INSERT INTO `+t.schema.tables+` AS t (name, fence_floor) SELECT $1, max(fence) FROM p HAVING count(*) > 0
+ON CONFLICT (name) DO UPDATE SET fence_floor = greatest(t.fence_floor, EXCLUDED.fence_floor)`, t.name)
+	var live, total int64
+	batch.Queue(`SELECT
+	(SELECT count(*) FROM `+t.schema.nodes+` WHERE name = $1 AND heartbeat > now() - $2 * interval '1 microsecond'),
+	(SELECT count(*) FROM `+t.schema.rows+` WHERE name = $1 AND NOT deleted)`, t.name, ttl).
+		QueryRow(func(row pgx.Row) error { return row.Scan(&live, &total) })
+	if err := t.db.SendBatch(ctx, batch).Close(); err != nil {
+		return fmt.Errorf("renew %d leases: %w", len(keys), err)
+	}
+
+	need, ok := t.renewedAt(sent, epoch, keys, renewedRows, released, share(total, live))
+	if !ok || need == 0 {
+		return nil
+	}
+	return t.claim(ctx, epoch, need)
+}
+
+// share is ceil(rows / live nodes); this node is live, having just
+// written its heartbeat.
+func share(rows, live int64) int {
+	live = max(live, 1)
+	return int((rows + live - 1) / live)
+}
+
+// renewedAt applies a successful renewal sent at sent: it moves the loss
+// deadline, drops released leases, notices rows deleted, put or taken,
+// and sheds rows over the fair share. It returns how many rows to claim,
+// and false if the renewal came too late to count (every row was lost in
+// the meantime).
+func (t *Table[P]) renewedAt(sent time.Time, epoch uint64, sentKeys []string,
+	rows []renewed, released []string, fair int) (int, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.epoch != epoch || t.closed {
+		return 0, false
+	}
+	deadline := sent.Add(t.o.LeaseTTL - t.o.StopGrace - t.o.Renew)
+	if !time.Now().Before(deadline) {
+		t.loseAllLocked("renewal answered after the loss deadline")
+		return 0, false
+	}
+	t.deadline = deadline
+	t.loss.Reset(time.Until(deadline))
+
+	var changed []string
+	for _, key := range released {
+		delete(t.held, key)
+	}
+	now := time.Now()
+	found := make(map[string]bool, len(rows))
+	for _, r := range rows {
+		found[r.Key] = true
+		l := t.held[r.Key]
+		if l == nil || l.fence != r.Fence {
+			continue
+		}
+		switch {
+		case r.Deleted && !l.deleted:
+			// A delete whose notification did not come (yet).
+			if l.active() {
+				changed = append(changed, r.Key)
+				l.releaseAt = now.Add(t.o.StopGrace)
+			}
+			l.deleted = true
+		case !r.Deleted && l.deleted:
+			// Put again while the old process stopped: this node runs it again.
+			l.deleted, l.releaseAt = false, time.Time{}
+			changed = append(changed, r.Key)
+		case r.Version != l.version && l.active():
+			changed = append(changed, r.Key) // a put whose notification did not come (yet)
+		}
+		l.version = r.Version
+	}
+	for _, key := range sentKeys {
+		if l := t.held[key]; l != nil && !found[key] {
+			// Taken by another node, or changed behind this node's back:
+			// not this node's any more.
+			t.log.Warn("postgres: lease of a row not renewed; giving it up", "key", key, "fence", l.fence)
+			delete(t.held, key)
+			changed = append(changed, key)
+		}
+	}
+	changed = append(changed, t.shedLocked(fair, now)...)
+	t.announceLocked(changed...)
+
+	active := 0
+	for _, l := range t.held {
+		if l.active() {
+			active++
+		}
+	}
+	return max(0, fair-active), true
+}
+
+// shedLocked gives up the rows over the fair share: they stop being
+// announced as this node's now and are released StopGrace later, once
+// their processes have stopped. It gives up the greatest keys.
+func (t *Table[P]) shedLocked(fair int, now time.Time) []string {
+	var active []string
+	for key, l := range t.held {
+		if l.active() {
+			active = append(active, key)
+		}
+	}
+	if len(active) <= fair {
+		return nil
+	}
+	slices.Sort(active)
+	shed := active[fair:]
+	for _, key := range shed {
+		t.held[key].releaseAt = now.Add(t.o.StopGrace)
+	}
+	t.log.Info("postgres: shedding rows over the fair share", "rows", len(shed), "share", fair)
+	return shed
+}
+
+type claimed struct {
+	Key     string
+	Fence   int64
+	Version int64
+}
+
+// claim takes up to need free or expired rows, skipping rows another
+// node is claiming (FOR UPDATE SKIP LOCKED); each claim raises the fence.
+// A row of this node's from before a loss (owner is this node but the
+// lease is not held) may be claimed again.
+func (t *Table[P]) claim(ctx context.Context, epoch uint64, need int) error {
+	t.mu.Lock()
+	heldKeys := make([]string, 0, len(t.held))
+	for key := range t.held {
+		heldKeys = append(heldKeys, key)
+	}
+	t.mu.Unlock()
+	rows, err := t.db.Query(ctx, `WITH c AS (
+	SELECT key FROM `+t.schema.rows+`
+	WHERE name = $1 AND NOT deleted
+	  AND (owner IS NULL OR lease_until IS NULL OR lease_until < now() OR (owner = $2 AND NOT key = ANY($3)))
+	ORDER BY key LIMIT $4
+	FOR UPDATE SKIP LOCKED
+)
+UPDATE `+t.schema.rows+` r SET owner = $2, fence = r.fence + 1, lease_until = now() + $5 * interval '1 microsecond'
+FROM c WHERE r.name = $1 AND r.key = c.key
+RETURNING r.key, r.fence, r.version`, t.name, t.o.Node, heldKeys, need, t.o.LeaseTTL.Microseconds())
+	if err != nil {
+		return fmt.Errorf("claim %d rows: %w", need, err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[claimed])
+	if err != nil {
+		return fmt.Errorf("claim %d rows: %w", need, err)
+	}
+	if len(got) == 0 {
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.epoch != epoch || t.closed || !time.Now().Before(t.deadline) {
+		return nil // lost meanwhile, or too late: the rows are claimed again by a later cycle or expire
+	}
+	keys := make([]string, 0, len(got))
+	for _, c := range got {
+		t.held[c.Key] = &lease{fence: c.Fence, version: c.Version}
+		keys = append(keys, c.Key)
+	}
+	t.log.Info("postgres: claimed rows", "rows", len(keys))
+	t.announceLocked(keys...)
+	return nil
+}
+
+// lossDue runs at the loss deadline: unless a renewal moved it, every
+// row is lost.
+func (t *Table[P]) lossDue() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed || time.Now().Before(t.deadline) {
+		return
+	}
+	t.loseAllLocked("no successful renewal in time")
+}
+
+// loseAllLocked declares every held row lost: their processes stop now,
+// StopGrace before the earliest another node can claim them.
+func (t *Table[P]) loseAllLocked(why string) {
+	t.epoch++ // a cycle under way cannot adopt what it renews or claims
+	if len(t.held) == 0 {
+		return
+	}
+	keys := make([]string, 0, len(t.held))
+	for key := range t.held {
+		keys = append(keys, key)
+	}
+	t.held = map[string]*lease{}
+	t.log.Error("postgres: database unreachable or too slow; stopping every row of this node",
+		"rows", len(keys), "why", why, "deadline", t.deadline)
+	t.announceLocked(keys...)
+}
