@@ -186,24 +186,19 @@ SELECT pg_notify($3, 'd ' || version || ' ' || $4) FROM d`,
 // an error wrapping supervisor.ErrNotFound if the row does not exist or
 // another node owns it (or this node is giving it up). It answers
 // ErrNotFound without a query for rows this node does not hold, so a node
-// cut off from the database still stops the rows it lost.
+// cut off from the database still stops the rows it lost. The query gets
+// at most Renew: a supervisor reading its table never hangs on a
+// database that stopped answering.
 func (t *Table[P]) Get(ctx context.Context, key string) (P, error) {
 	var zero P
-	t.mu.Lock()
-	closed, l := t.closed, t.held[key]
-	var fence int64
-	if l != nil && l.active() {
-		fence = l.fence
+	fence, err := t.heldFence(key)
+	if err != nil {
+		return zero, err
 	}
-	t.mu.Unlock()
-	switch {
-	case closed:
-		return zero, t.errorf(key, "get: %w", ErrClosed)
-	case fence == 0:
-		return zero, t.errorf(key, "not owned by node %q: %w", t.o.Node, supervisor.ErrNotFound)
-	}
+	ctx, cancel := context.WithTimeout(ctx, t.o.Renew)
+	defer cancel()
 	var data []byte
-	err := t.db.QueryRow(ctx, `SELECT data FROM `+t.schema.rows+`
+	err = t.db.QueryRow(ctx, `SELECT data FROM `+t.schema.rows+`
 WHERE name = $1 AND key = $2 AND owner = $3 AND fence = $4 AND NOT deleted`,
 		t.name, key, t.o.Node, fence).Scan(&data)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -212,7 +207,25 @@ WHERE name = $1 AND key = $2 AND owner = $3 AND fence = $4 AND NOT deleted`,
 	if err != nil {
 		return zero, t.errorf(key, "get: %w", err)
 	}
+	// The row may have been lost while the query ran.
+	if again, err := t.heldFence(key); err != nil || again != fence {
+		return zero, t.errorf(key, "lost by node %q: %w", t.o.Node, supervisor.ErrNotFound)
+	}
 	return t.decodeRow(key, data)
+}
+
+// heldFence returns the fence of a row this node runs, or an error
+// wrapping ErrNotFound (or ErrClosed).
+func (t *Table[P]) heldFence(key string) (int64, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return 0, t.errorf(key, "get: %w", ErrClosed)
+	}
+	if l := t.held[key]; l != nil && l.active() {
+		return l.fence, nil
+	}
+	return 0, t.errorf(key, "not owned by node %q: %w", t.o.Node, supervisor.ErrNotFound)
 }
 
 func (t *Table[P]) decodeRow(key string, data []byte) (P, error) {
@@ -223,8 +236,8 @@ func (t *Table[P]) decodeRow(key string, data []byte) (P, error) {
 	return v, nil
 }
 
-// Iter returns this node's rows in key order, read in one query; the
-// connection is back in the pool before Iter returns.
+// Iter returns this node's rows in key order, read in one query of at
+// most Renew; the connection is back in the pool before Iter returns.
 func (t *Table[P]) Iter(ctx context.Context) (supervisor.Iterator[string, P], error) {
 	t.mu.Lock()
 	if t.closed {
@@ -240,6 +253,13 @@ func (t *Table[P]) Iter(ctx context.Context) (supervisor.Iterator[string, P], er
 		}
 	}
 	t.mu.Unlock()
+	if len(keys) == 0 {
+		// Nothing to read: a node that lost its rows to an unreachable
+		// database answers at once, and its supervisor stops them.
+		return &iterator[P]{table: t}, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, t.o.Renew)
+	defer cancel()
 	rows, err := t.db.Query(ctx, `SELECT r.key, r.data FROM `+t.schema.rows+` r
 JOIN unnest($3::text[], $4::bigint[]) AS h(key, fence) ON r.key = h.key AND r.fence = h.fence
 WHERE r.name = $1 AND r.owner = $2 AND NOT r.deleted ORDER BY r.key`,
@@ -251,6 +271,13 @@ WHERE r.name = $1 AND r.owner = $2 AND NOT r.deleted ORDER BY r.key`,
 	if err != nil {
 		return nil, fmt.Errorf("postgres: table %q: iter: %w", t.name, err)
 	}
+	// Rows lost while the query ran are not this node's any more.
+	t.mu.Lock()
+	found = slices.DeleteFunc(found, func(r rawRow) bool {
+		l := t.held[r.Key]
+		return l == nil || !l.active()
+	})
+	t.mu.Unlock()
 	return &iterator[P]{table: t, rows: found}, nil
 }
 

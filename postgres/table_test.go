@@ -264,6 +264,9 @@ func TestCloseReleasesEveryLeaseForOthersAtOnce(t *testing.T) {
 	require.NoError(t, a.Close())
 	require.Eventually(t, func() bool { return len(b.Owned()) == 10 }, 3*time.Second, 5*time.Millisecond)
 	require.Less(t, time.Since(start), o.Renew, "claimed on a's release notice")
+	var heartbeats int
+	require.NoError(t, db.QueryRow(ctx, `SELECT count(*) FROM `+prefix+`nodes WHERE node = 'a'`).Scan(&heartbeats))
+	require.Zero(t, heartbeats, "Close deletes the node's heartbeat")
 	_, err := a.Get(ctx, "a")
 	require.ErrorIs(t, err, postgres.ErrClosed)
 	require.ErrorIs(t, a.Put(ctx, "z", nil), postgres.ErrClosed)

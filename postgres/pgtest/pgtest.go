@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // EnvURL names the environment variable that, when set, points the tests
@@ -124,11 +126,8 @@ func (s *Server) run(ctx context.Context, bin, data, sock string, cred *syscall.
 	ready := filepath.Join(sock, ".s.PGSQL."+strconv.Itoa(s.port))
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if _, err := os.Stat(ready); err == nil {
-			if c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(s.port), time.Second); err == nil {
-				_ = c.Close()
-				return nil
-			}
+		if _, err := os.Stat(ready); err == nil && s.accepts(ctx) {
+			return nil
 		}
 		select {
 		case <-s.done:
@@ -143,6 +142,19 @@ func (s *Server) run(ctx context.Context, bin, data, sock string, cred *syscall.
 			return fmt.Errorf("pgtest: postgres not ready after 30s: %s", s.log.String())
 		}
 	}
+}
+
+// accepts reports whether the server answers a query over TCP (it
+// refuses connections while it starts up).
+func (s *Server) accepts(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.URL())
+	if err != nil {
+		return false
+	}
+	defer conn.Close(ctx)
+	return conn.Ping(ctx) == nil
 }
 
 func (s *Server) kill() {
