@@ -296,3 +296,53 @@ func TestKeysAreChecked(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "max", v)
 }
+
+func TestDeletedRowKeepsItsOwnerUntilStopGraceAndItsFenceKeepsRising(t *testing.T) {
+	db := newPool(t, testURL(t))
+	prefix := testPrefix()
+	a := openTable(t, db, "jobs", fast(prefix, "a"))
+	ctx := context.Background()
+	require.NoError(t, a.Put(ctx, "k", []byte("1")))
+	require.Eventually(t, func() bool { return len(a.Owned()) == 1 }, 3*time.Second, 5*time.Millisecond)
+	b := openTable(t, db, "jobs", fast(prefix, "b"))
+	first, _ := a.Fence("k")
+
+	// Deleted and put again at once: a still holds the lease (its process
+	// may still be stopping), so the row comes back to a, not to b.
+	_, err := b.Delete(ctx, "k")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(a.Owned()) == 0 }, time.Second, 5*time.Millisecond)
+	f, held := a.Fence("k")
+	require.True(t, held, "the lease is kept while the process stops")
+	require.Equal(t, first, f)
+	require.NoError(t, b.Put(ctx, "k", []byte("2")))
+	require.Eventually(t, func() bool { return slices.Equal(a.Owned(), []string{"k"}) }, time.Second, 5*time.Millisecond)
+	require.Empty(t, b.Owned())
+	v, err := a.Get(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, "2", v)
+
+	// Deleted for good: released after StopGrace, its tombstone purged;
+	// put again, its next claim still gets a higher fence.
+	_, err = b.Delete(ctx, "k")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { _, held := a.Fence("k"); return !held }, 3*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool {
+		var n int
+		_ = db.QueryRow(ctx, `SELECT count(*) FROM `+prefix+`rows WHERE key = 'k'`).Scan(&n)
+		return n == 0
+	}, 2*time.Second, 10*time.Millisecond, "the released tombstone is purged")
+	require.NoError(t, b.Put(ctx, "k", []byte("3")))
+	var owner *postgres.Table[string]
+	require.Eventually(t, func() bool {
+		for _, tbl := range []*postgres.Table[string]{a, b} {
+			if len(tbl.Owned()) == 1 {
+				owner = tbl
+				return true
+			}
+		}
+		return false
+	}, 3*time.Second, 5*time.Millisecond)
+	again, _ := owner.Fence("k")
+	require.Greater(t, again, first, "a row put again after its purge gets a fence above every earlier one")
+}
