@@ -104,8 +104,12 @@ func (t *Table[P]) cycle(ctx context.Context) error {
 	ttl := t.o.LeaseTTL.Microseconds()
 	sent := time.Now()
 	batch := &pgx.Batch{}
-	batch.Queue(`INSERT INTO `+t.schema.nodes+` (name, node, heartbeat) VALUES ($1, $2, now())
-ON CONFLICT (name, node) DO UPDATE SET heartbeat = now()`, t.name, t.o.Node)
+	// The heartbeat; heartbeats of nodes gone for 10 LeaseTTLs are dropped.
+	batch.Queue(`WITH gone AS (
+	DELETE FROM `+t.schema.nodes+` WHERE name = $1 AND heartbeat < now() - 10 * $3 * interval '1 microsecond'
+)
+INSERT INTO `+t.schema.nodes+` (name, node, heartbeat) VALUES ($1, $2, now())
+ON CONFLICT (name, node) DO UPDATE SET heartbeat = now()`, t.name, t.o.Node, ttl)
 	var renewedRows []renewed
 	batch.Queue(`UPDATE `+t.schema.rows+` r SET lease_until = now() + $5 * interval '1 microsecond'
 FROM unnest($3::text[], $4::bigint[]) AS h(key, fence)

@@ -346,3 +346,33 @@ func TestDeletedRowKeepsItsOwnerUntilStopGraceAndItsFenceKeepsRising(t *testing.
 	again, _ := owner.Fence("k")
 	require.Greater(t, again, first, "a row put again after its purge gets a fence above every earlier one")
 }
+
+func TestLiveNodesAreThoseWithAHeartbeatNewerThanLeaseTTL(t *testing.T) {
+	db := newPool(t, testURL(t))
+	prefix := testPrefix()
+	o := fast(prefix, "a")
+	a := openTable(t, db, "jobs", o)
+	ctx := context.Background()
+	for i := range 10 {
+		require.NoError(t, a.Put(ctx, string(rune('a'+i)), nil))
+	}
+	require.Eventually(t, func() bool { return len(a.Owned()) == 10 }, 3*time.Second, 5*time.Millisecond)
+
+	// A node whose heartbeat is older than LeaseTTL does not count; one
+	// gone for 10 LeaseTTLs is dropped.
+	_, err := db.Exec(ctx, `INSERT INTO `+prefix+`nodes (name, node, heartbeat) VALUES
+		('jobs', 'stale', now() - interval '5 seconds'), ('jobs', 'gone', now() - interval '31 seconds')`)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		var n int
+		_ = db.QueryRow(ctx, `SELECT count(*) FROM `+prefix+`nodes WHERE node = 'gone'`).Scan(&n)
+		return n == 0
+	}, 2*time.Second, 10*time.Millisecond)
+	require.Len(t, a.Owned(), 10, "a stale heartbeat takes no share")
+
+	// A live one does: a sheds down to ceil(10/2).
+	_, err = db.Exec(ctx, `INSERT INTO `+prefix+`nodes (name, node, heartbeat) VALUES ('jobs', 'ghost', now() + interval '1 hour')`)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(a.Owned()) == 5 }, 2*time.Second, 10*time.Millisecond)
+	require.Equal(t, []string{"a", "b", "c", "d", "e"}, a.Owned(), "the greatest keys are shed")
+}
