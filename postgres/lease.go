@@ -121,16 +121,16 @@ RETURNING r.key, r.fence, r.version, r.deleted`, t.name, t.o.Node, keys, fences,
 			return err
 		})
 	var released []string
-	batch.Queue(`UPDATE `+t.schema.rows+` r SET owner = NULL, lease_until = NULL
+	if len(releaseKeys) > 0 {
+		batch.Queue(`UPDATE `+t.schema.rows+` r SET owner = NULL, lease_until = NULL
 FROM unnest($3::text[], $4::bigint[], $5::bool[]) AS h(key, fence, only_deleted)
 WHERE r.name = $1 AND r.key = h.key AND r.owner = $2 AND r.fence = h.fence AND (r.deleted OR NOT h.only_deleted)
 RETURNING r.key`, t.name, t.o.Node, releaseKeys, releaseFences, releaseOnlyDeleted).
-		Query(func(rows pgx.Rows) error {
-			var err error
-			released, err = pgx.CollectRows(rows, pgx.RowTo[string])
-			return err
-		})
-	if len(releaseKeys) > 0 {
+			Query(func(rows pgx.Rows) error {
+				var err error
+				released, err = pgx.CollectRows(rows, pgx.RowTo[string])
+				return err
+			})
 		batch.Queue(`SELECT pg_notify($1, $2)`, t.schema.channel, change{op: opReleased, name: t.name}.payload())
 	}
 	// A tombstone nobody holds any more goes; the fence floor keeps the

@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS `+s.rows+` (
 	PRIMARY KEY (name, key)
 );
 CREATE INDEX IF NOT EXISTS `+pgx.Identifier{s.prefix + "rows_owner"}.Sanitize()+` ON `+s.rows+` (name, owner);
+CREATE INDEX IF NOT EXISTS `+pgx.Identifier{s.prefix + "rows_deleted"}.Sanitize()+` ON `+s.rows+` (name) WHERE deleted;
 CREATE TABLE IF NOT EXISTS `+s.nodes+` (
 	name      text NOT NULL,
 	node      text NOT NULL,

@@ -49,6 +49,11 @@ type Table[P any] struct {
 	closeErr   error
 }
 
+var (
+	_ supervisor.Table[string, any] = (*Table[any])(nil)
+	_ supervisor.Watcher[string]    = (*Table[any])(nil)
+)
+
 // lease is this node's hold on one row.
 type lease struct {
 	fence   int64
