@@ -34,10 +34,15 @@ func (t *Table[P]) renewLoop(ctx context.Context) {
 		case <-timer.C:
 		}
 		last = time.Now()
-		if err := t.cycle(ctx); err != nil && ctx.Err() == nil {
+		err := t.cycle(ctx)
+		next := t.untilNextCycle()
+		if err != nil && ctx.Err() == nil {
 			t.log.Warn("postgres: lease renewal failed", "err", err)
+			// A due release stays due until a cycle succeeds: retry it,
+			// but not in a loop.
+			next = max(next, t.o.Renew/4)
 		}
-		timer.Reset(t.untilNextCycle())
+		timer.Reset(next)
 	}
 }
 
@@ -198,20 +203,23 @@ func (t *Table[P]) renewedAt(sent time.Time, epoch uint64, sentKeys []string,
 		}
 		switch {
 		case r.Deleted && !l.deleted:
-			// A delete whose notification did not come (yet).
+			// A delete whose notification did not come (yet). A row
+			// already being shed stays shed: it is released either way.
 			if l.active() {
 				changed = append(changed, r.Key)
 				l.releaseAt = now.Add(t.o.StopGrace)
+				l.deleted = true
 			}
-			l.deleted = true
 		case !r.Deleted && l.deleted:
 			// Put again while the old process stopped: this node runs it again.
 			l.deleted, l.releaseAt = false, time.Time{}
 			changed = append(changed, r.Key)
-		case r.Version != l.version && l.active():
+		case r.Version > l.version && l.active():
 			changed = append(changed, r.Key) // a put whose notification did not come (yet)
 		}
-		l.version = r.Version
+		// A notification may have brought a newer version than this
+		// renewal read: versions only move forward.
+		l.version = max(l.version, r.Version)
 	}
 	for _, key := range sentKeys {
 		if l := t.held[key]; l != nil && !found[key] {
@@ -222,6 +230,12 @@ func (t *Table[P]) renewedAt(sent time.Time, epoch uint64, sentKeys []string,
 			changed = append(changed, key)
 		}
 	}
+	for key := range t.retry {
+		if l := t.held[key]; l != nil && l.active() {
+			changed = append(changed, key)
+		}
+	}
+	clear(t.retry)
 	changed = append(changed, t.shedLocked(fair, now)...)
 	t.announceLocked(changed...)
 
@@ -263,26 +277,35 @@ type claimed struct {
 }
 
 // claim takes up to need free or expired rows, skipping rows another
-// node is claiming (FOR UPDATE SKIP LOCKED); each claim raises the fence.
-// A row of this node's from before a loss (owner is this node but the
-// lease is not held) may be claimed again.
+// node is claiming (FOR UPDATE SKIP LOCKED), and rows this node's ID
+// still owns from before a loss (its orphans, matched by fence, so that
+// another Table under the same ID keeps its own). Each claim raises the
+// fence above both the row's and the table's fence floor.
 func (t *Table[P]) claim(ctx context.Context, epoch uint64, need int) error {
 	t.mu.Lock()
-	heldKeys := make([]string, 0, len(t.held))
-	for key := range t.held {
-		heldKeys = append(heldKeys, key)
+	var orphanKeys []string
+	var orphanFences []int64
+	for key, o := range t.orphans {
+		if time.Since(o.since) > t.o.LeaseTTL {
+			delete(t.orphans, key) // its lease has expired: claimable as any other
+			continue
+		}
+		orphanKeys = append(orphanKeys, key)
+		orphanFences = append(orphanFences, o.fence)
 	}
 	t.mu.Unlock()
 	rows, err := t.db.Query(ctx, `WITH c AS (
 	SELECT key FROM `+t.schema.rows+`
 	WHERE name = $1 AND NOT deleted
-	  AND (owner IS NULL OR lease_until IS NULL OR lease_until < now() OR (owner = $2 AND NOT key = ANY($3)))
-	ORDER BY key LIMIT $4
+	  AND (owner IS NULL OR lease_until IS NULL OR lease_until < now()
+	       OR (owner = $2 AND (key, fence) IN (SELECT * FROM unnest($3::text[], $4::bigint[]))))
+	ORDER BY key LIMIT $5
 	FOR UPDATE SKIP LOCKED
 )
-UPDATE `+t.schema.rows+` r SET owner = $2, fence = r.fence + 1, lease_until = now() + $5 * interval '1 microsecond'
+UPDATE `+t.schema.rows+` r SET owner = $2, lease_until = now() + $6 * interval '1 microsecond',
+	fence = greatest(r.fence, coalesce((SELECT fence_floor FROM `+t.schema.tables+` WHERE name = $1), 0)) + 1
 FROM c WHERE r.name = $1 AND r.key = c.key
-RETURNING r.key, r.fence, r.version`, t.name, t.o.Node, heldKeys, need, t.o.LeaseTTL.Microseconds())
+RETURNING r.key, r.fence, r.version`, t.name, t.o.Node, orphanKeys, orphanFences, need, t.o.LeaseTTL.Microseconds())
 	if err != nil {
 		return fmt.Errorf("claim %d rows: %w", need, err)
 	}
@@ -296,16 +319,29 @@ RETURNING r.key, r.fence, r.version`, t.name, t.o.Node, heldKeys, need, t.o.Leas
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.epoch != epoch || t.closed || !time.Now().Before(t.deadline) {
-		return nil // lost meanwhile, or too late: the rows are claimed again by a later cycle or expire
+		// Lost meanwhile, or too late: the rows are this node's orphans
+		// now, claimed back by a later cycle or expiring to any node.
+		for _, c := range got {
+			t.orphans[c.Key] = orphan{fence: c.Fence, since: time.Now()}
+		}
+		return nil
 	}
 	keys := make([]string, 0, len(got))
 	for _, c := range got {
 		t.held[c.Key] = &lease{fence: c.Fence, version: c.Version}
+		delete(t.orphans, c.Key)
 		keys = append(keys, c.Key)
 	}
 	t.log.Info("postgres: claimed rows", "rows", len(keys))
 	t.announceLocked(keys...)
 	return nil
+}
+
+// orphan is a row this node's ID owns in the database, with a lease that
+// may still be good, that this Table does not hold.
+type orphan struct {
+	fence int64
+	since time.Time
 }
 
 // lossDue runs at the loss deadline: unless a renewal moved it, every
@@ -327,8 +363,10 @@ func (t *Table[P]) loseAllLocked(why string) {
 		return
 	}
 	keys := make([]string, 0, len(t.held))
-	for key := range t.held {
+	now := time.Now()
+	for key, l := range t.held {
 		keys = append(keys, key)
+		t.orphans[key] = orphan{fence: l.fence, since: now}
 	}
 	t.held = map[string]*lease{}
 	t.log.Error("postgres: database unreachable or too slow; stopping every row of this node",

@@ -93,11 +93,12 @@ func (t *Table[P]) notified(payload string) {
 	l.version = c.version
 	switch {
 	case c.op == opDelete:
+		// A row already being shed stays shed: it is released either way.
 		if l.active() {
 			l.releaseAt = time.Now().Add(t.o.StopGrace)
+			l.deleted = true
 			t.announceLocked(c.key)
 		}
-		l.deleted = true
 	case l.deleted:
 		t.wakeUp() // put again while its process stops: a renewal confirms it
 	case l.active():

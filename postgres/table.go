@@ -35,6 +35,8 @@ type Table[P any] struct {
 
 	mu       sync.Mutex
 	held     map[string]*lease // leases this node holds, by key
+	orphans  map[string]orphan // rows this node's ID owns in the database but this Table does not hold: it may claim them back
+	retry    map[string]bool   // held rows whose Get failed: announced again after the next renewal
 	epoch    uint64            // bumped whenever every lease is given up at once
 	deadline time.Time         // the held rows are lost at this instant (monotonic clock)
 	loss     *time.Timer       // fires at deadline
@@ -63,7 +65,7 @@ type lease struct {
 	// stopping: its lease is kept until releaseAt, StopGrace after that
 	// began, then released.
 	releaseAt time.Time
-	deleted   bool // given up because the row was deleted
+	deleted   bool // given up because the row was deleted: put again, it runs here again
 }
 
 func (l *lease) active() bool { return l.releaseAt.IsZero() }
@@ -74,9 +76,15 @@ func (l *lease) active() bool { return l.releaseAt.IsZero() }
 // claims every Renew until Close. decode turns a row's data into the P the
 // supervisor runs; it is called by Get and by the iterator's Get.
 //
-// NewTable refuses a nil pool or decode, an invalid name (empty, over
-// MaxNameLen bytes, not UTF-8, a NUL byte) and options where StopGrace +
-// 2×Renew ≥ LeaseTTL (ErrInvalidOptions).
+// NewTable refuses a nil pool or decode and options where StopGrace +
+// 2×Renew ≥ LeaseTTL (ErrInvalidOptions), and an invalid name — empty,
+// over MaxNameLen bytes, not UTF-8, a NUL byte (ErrInvalidKey).
+//
+// Options.Node must be unique among the Tables open on the name at any one
+// time — per running Table, not per machine: the default is. A node whose
+// ID is reused while the old Table still runs would share its heartbeat;
+// it does not take the old Table's leases, only rows the old one left
+// behind expire to it as to any node.
 func NewTable[P any](ctx context.Context, db *pgxpool.Pool, name string,
 	decode func(key string, data []byte) (P, error), o Options) (*Table[P], error) {
 	if db == nil || decode == nil {
@@ -94,6 +102,8 @@ func NewTable[P any](ctx context.Context, db *pgxpool.Pool, name string,
 		schema:   newSchema(o.Prefix),
 		log:      o.Logger.With("table", name, "node", o.Node),
 		held:     map[string]*lease{},
+		orphans:  map[string]orphan{},
+		retry:    map[string]bool{},
 		watchers: map[*watcher]struct{}{},
 		wake:     make(chan struct{}, 1),
 	}
@@ -147,8 +157,7 @@ func (t *Table[P]) Put(ctx context.Context, key string, data []byte) error {
 	}
 	_, err := t.db.Exec(ctx, `
 WITH up AS (
-	INSERT INTO `+t.schema.rows+` AS r (name, key, data, fence)
-	VALUES ($1, $2, $3, coalesce((SELECT fence_floor FROM `+t.schema.tables+` WHERE name = $1), 0))
+	INSERT INTO `+t.schema.rows+` AS r (name, key, data) VALUES ($1, $2, $3)
 	ON CONFLICT (name, key) DO UPDATE SET data = EXCLUDED.data, version = r.version + 1, deleted = false
 	RETURNING r.version, r.owner
 )
@@ -206,17 +215,29 @@ func (t *Table[P]) Get(ctx context.Context, key string) (P, error) {
 	err = t.db.QueryRow(ctx, `SELECT data FROM `+t.schema.rows+`
 WHERE name = $1 AND key = $2 AND owner = $3 AND fence = $4 AND NOT deleted`,
 		t.name, key, t.o.Node, fence).Scan(&data)
+	// The row may have been lost while the query ran (a query that timed
+	// out on an unreachable database, too): then it is not found.
+	if again, herr := t.heldFence(key); herr != nil || again != fence {
+		return zero, t.errorf(key, "lost by node %q: %w", t.o.Node, supervisor.ErrNotFound)
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return zero, t.errorf(key, "deleted or not owned by node %q: %w", t.o.Node, supervisor.ErrNotFound)
 	}
 	if err != nil {
+		t.retryAnnounce(key)
 		return zero, t.errorf(key, "get: %w", err)
 	}
-	// The row may have been lost while the query ran.
-	if again, err := t.heldFence(key); err != nil || again != fence {
-		return zero, t.errorf(key, "lost by node %q: %w", t.o.Node, supervisor.ErrNotFound)
-	}
 	return t.decodeRow(key, data)
+}
+
+// retryAnnounce has key announced again after the next successful
+// renewal: a supervisor drops an announced key whose Get failed, and would
+// otherwise leave a gained row unstarted, or a put unapplied, until its
+// next scan.
+func (t *Table[P]) retryAnnounce(key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.retry[key] = true
 }
 
 // heldFence returns the fence of a row this node runs, or an error
@@ -336,8 +357,9 @@ func (t *Table[P]) Owned() []string {
 
 // Fence returns the row's fence — its claim counter, raised by every
 // claim — while this node holds the row's lease, including while the row
-// is being given up and its process stops, so a process can fence its
-// last external writes. false once the lease is gone.
+// is shed or deleted and its process stops, so a process can fence its
+// last external writes. false once the lease is released, and from the
+// moment this node declared its rows lost because it could not renew.
 func (t *Table[P]) Fence(key string) (int64, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
