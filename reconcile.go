@@ -47,6 +47,15 @@ func (t *tree[K, P]) unwatch(stop context.CancelFunc, watch <-chan K) {
 	}
 }
 
+// watchClosed reports a watch channel the table closed while Run goes on;
+// it returns nil, the channel to select on from then.
+func (t *tree[K, P]) watchClosed() <-chan K {
+	if t.ctx.Err() == nil {
+		t.tableError(errors.New("watch channel closed (falling back to scans)"))
+	}
+	return nil
+}
+
 // loop reconciles until callback returned, ctx is done or the supervisor
 // gives up.
 func (t *tree[K, P]) loop(watch <-chan K, callbackDone <-chan struct{}, cancelCallback context.CancelCauseFunc) {
@@ -67,10 +76,7 @@ func (t *tree[K, P]) loop(watch <-chan K, callbackDone <-chan struct{}, cancelCa
 			t.scan()
 		case k, ok := <-watch:
 			if !ok {
-				watch = nil
-				if t.ctx.Err() == nil {
-					t.tableError(errors.New("watch channel closed (falling back to scans)"))
-				}
+				watch = t.watchClosed()
 				continue
 			}
 			t.reconcileKey(k)
@@ -238,10 +244,12 @@ func (t *tree[K, P]) requestStopTimedLocked(p *process[K, P], w want) {
 }
 
 // awaitSettled waits until each attempt is ready or has ended, for at most
-// StartTimeout.
-func (t *tree[K, P]) awaitSettled(started []*attempt[K, P]) {
+// StartTimeout. Watched changes are applied meanwhile: a row deleted (or
+// lost to another node) while a sibling is slow to start stops now, not
+// after StartTimeout. It returns watch, or nil once watch was closed.
+func (t *tree[K, P]) awaitSettled(started []*attempt[K, P], watch <-chan K) <-chan K {
 	if len(started) == 0 {
-		return
+		return watch
 	}
 	settled := make([]<-chan struct{}, len(started))
 	t.mu.Lock()
@@ -252,16 +260,26 @@ func (t *tree[K, P]) awaitSettled(started []*attempt[K, P]) {
 	timer := time.NewTimer(t.cfg.startTimeout)
 	defer timer.Stop()
 	for _, ch := range settled {
-		select {
-		case <-ch:
-		case <-timer.C:
-			return
-		case <-t.ctx.Done():
-			return
-		case <-t.gaveUp:
-			return
+		for waiting := true; waiting; {
+			select {
+			case <-ch:
+				waiting = false
+			case k, ok := <-watch:
+				if !ok {
+					watch = t.watchClosed()
+					continue
+				}
+				t.reconcileKey(k)
+			case <-timer.C:
+				return watch
+			case <-t.ctx.Done():
+				return watch
+			case <-t.gaveUp:
+				return watch
+			}
 		}
 	}
+	return watch
 }
 
 // checkStartable returns ErrProcessExists if k has a process.

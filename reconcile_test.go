@@ -395,3 +395,55 @@ func TestSupervisorStartsNewValueAtOnceWhenWatchedRowIsPutDuringBackoff(t *testi
 		require.NoError(t, run.stop())
 	})
 }
+
+// slowStart becomes ready after delay.
+type slowStart time.Duration
+
+func (d slowStart) Run(ctx context.Context, callback supervisor.Callback) error {
+	select {
+	case <-time.After(time.Duration(d)):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return callback(ctx)
+}
+
+// A table that moves rows away (a deleted row, or one lost to another
+// node) must see its processes stop at once, even while Run still waits
+// for a sibling that is slow to start.
+func TestSupervisorAppliesWatchedChangesWhileWaitingForSlowStarts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		table := supervisor.NewMapTable[string, supervisor.Runnable]()
+		fast := &fakeProc{}
+		table.Put("fast", fast)
+		table.Put("slow", slowStart(10*time.Second))
+		sup := supervisor.NewSupervisor(table, quietOptions("rec", nil))
+		run := startRun(t, sup)
+		start := time.Now()
+
+		require.True(t, table.Delete("fast"))
+		added := &fakeProc{}
+		table.Put("added", added)
+		synctest.Wait()
+		require.Equal(t, start, time.Now(), "no virtual time passed")
+		runs, active := fast.counts()
+		require.Equal(t, 1, runs)
+		require.Zero(t, active, "the deleted row stopped while its sibling is still starting")
+		_, active = added.counts()
+		require.Equal(t, 1, active, "the added row started")
+		select {
+		case <-run.called:
+			t.Fatal("callback called before the slow process is ready")
+		default:
+		}
+
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		select {
+		case <-run.called:
+		default:
+			t.Fatal("callback not called once the slow process is ready")
+		}
+		require.NoError(t, run.stop())
+	})
+}

@@ -166,6 +166,9 @@ func NewSupervisor[K comparable, P Runnable](t Table[K, P], o Options) *Supervis
 // StartTimeout. When callback returns, or ctx is cancelled, it stops every
 // process concurrently (graceful, then forced after StopTimeout), waits for
 // them, and returns callback's error. A nil callback waits for ctx.
+// Changes a watched table announces while Run waits for the first starts
+// are applied at once: a row deleted then stops without waiting for its
+// slow siblings.
 //
 // When more than MaxRestarts restarts happen within Period, Run stops every
 // process, cancels the context it passed to callback, waits for callback
@@ -192,7 +195,7 @@ func (s *Supervisor[K, P]) Run(ctx context.Context, callback Callback) error {
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	watch := t.watch(watchCtx)
 	defer t.unwatch(stopWatch, watch)
-	t.awaitSettled(t.scan())
+	watch = t.awaitSettled(t.scan(), watch)
 	if t.hasGivenUp() {
 		t.stopAll()
 		return s.errorf("%w", ErrTooManyRestarts)
