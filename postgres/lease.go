@@ -109,6 +109,12 @@ func (t *Table[P]) cycle(ctx context.Context) error {
 	ttl := t.o.LeaseTTL.Microseconds()
 	sent := time.Now()
 	batch := &pgx.Batch{}
+	// The statements below join the rows with arrays of keys. A prepared
+	// statement may switch to a generic plan after five runs, and before
+	// the table has statistics that plan walks the whole array for every
+	// row (seconds for 10k rows, past the loss deadline): every plan of
+	// this transaction is made for its parameters.
+	batch.Queue(`SELECT set_config('plan_cache_mode', 'force_custom_plan', true)`)
 	// The heartbeat; heartbeats of nodes gone for 10 LeaseTTLs are dropped.
 	batch.Queue(`WITH gone AS (
 	DELETE FROM `+t.schema.nodes+` WHERE name = $1 AND heartbeat < now() - 10 * $3 * interval '1 microsecond'
@@ -294,6 +300,7 @@ func (t *Table[P]) claim(ctx context.Context, epoch uint64, need int) error {
 		orphanFences = append(orphanFences, o.fence)
 	}
 	t.mu.Unlock()
+	// An unnamed statement: planned for its parameters every time (see cycle).
 	rows, err := t.db.Query(ctx, `WITH c AS (
 	SELECT key FROM `+t.schema.rows+`
 	WHERE name = $1 AND NOT deleted
@@ -305,7 +312,7 @@ func (t *Table[P]) claim(ctx context.Context, epoch uint64, need int) error {
 UPDATE `+t.schema.rows+` r SET owner = $2, lease_until = now() + $6 * interval '1 microsecond',
 	fence = greatest(r.fence, coalesce((SELECT fence_floor FROM `+t.schema.tables+` WHERE name = $1), 0)) + 1
 FROM c WHERE r.name = $1 AND r.key = c.key
-RETURNING r.key, r.fence, r.version`, t.name, t.o.Node, orphanKeys, orphanFences, need, t.o.LeaseTTL.Microseconds())
+RETURNING r.key, r.fence, r.version`, pgx.QueryExecModeExec, t.name, t.o.Node, orphanKeys, orphanFences, need, t.o.LeaseTTL.Microseconds())
 	if err != nil {
 		return fmt.Errorf("claim %d rows: %w", need, err)
 	}

@@ -208,3 +208,38 @@ func TestRowWhoseGetFailedIsAnnouncedAgainAfterTheNextRenewal(t *testing.T) {
 	waitKey(t, watch, "k", 5*o.Renew)
 	require.Equal(t, []string{"k"}, a.Owned())
 }
+
+// A node holding 10k rows of a table without statistics yet keeps them:
+// its renewals stay fast after the fifth, when a prepared statement may
+// switch to a generic plan, which walked the key array for every row.
+func TestNodeHoldingTenThousandRowsOfAFreshTableKeepsThem(t *testing.T) {
+	db := newPool(t, testURL(t))
+	prefix := testPrefix()
+	var lost atomic.Int64
+	o := fast(prefix, "a")
+	o.Logger = slog.New(countingHandler{"stopping every row", &lost})
+	schema := openTable(t, db, "schema", o) // creates the tables
+	require.NoError(t, schema.Close())
+	ctx := context.Background()
+	_, err := db.Exec(ctx, `INSERT INTO `+prefix+`rows (name, key, data)
+SELECT 'jobs', 'row-' || i, '' FROM generate_series(1, 10000) AS i`)
+	require.NoError(t, err)
+	a := openTable(t, db, "jobs", o)
+	require.Len(t, a.Owned(), 10000, "claimed on start")
+	for range 20 { // 4s: about 20 renewals
+		time.Sleep(200 * time.Millisecond)
+		require.Len(t, a.Owned(), 10000)
+	}
+	start := time.Now()
+	for range 8 {
+		it, err := a.Iter(ctx)
+		require.NoError(t, err)
+		n := 0
+		for it.Next() {
+			n++
+		}
+		require.Equal(t, 10000, n)
+	}
+	t.Logf("8 Iters of 10k rows: %v", time.Since(start))
+	require.Zero(t, lost.Load(), "the node never declared its rows lost")
+}

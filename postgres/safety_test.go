@@ -212,9 +212,12 @@ func TestCrashedNodesRowsMoveWithinLeaseTTLPlusRenew(t *testing.T) {
 	a := startNode(t, url, o, rec)
 	o.Node = "b"
 	b := startNode(t, url, o, rec)
-	putRows(t, a.table, 20)
-	require.Eventually(t, func() bool { return len(rec.on("a")) == 10 && len(rec.on("b")) == 10 },
-		10*time.Second, 10*time.Millisecond)
+	o.Node = "c"
+	c := startNode(t, url, o, rec)
+	keys := putRows(t, a.table, 30)
+	require.Eventually(t, func() bool {
+		return len(rec.on("a")) == 10 && len(rec.on("b")) == 10 && len(rec.on("c")) == 10
+	}, 10*time.Second, 10*time.Millisecond)
 	fences := map[string]int64{}
 	for _, k := range b.table.Owned() {
 		fences[k], _ = b.table.Fence(k)
@@ -224,20 +227,28 @@ func TestCrashedNodesRowsMoveWithinLeaseTTLPlusRenew(t *testing.T) {
 	crashed := time.Now()
 	b.db.Close()
 	b.stop()
-	require.Eventually(t, func() bool { return len(rec.on("a")) == 20 }, 2*(o.LeaseTTL+o.Renew), 10*time.Millisecond)
+	require.Eventually(t, func() bool { return len(rec.on("a")) == 15 && len(rec.on("c")) == 15 },
+		2*(o.LeaseTTL+o.Renew), 10*time.Millisecond)
 	took := time.Since(crashed)
 	t.Logf("failover of 10 rows: %v (LeaseTTL + Renew = %v)", took, o.LeaseTTL+o.Renew)
 	require.LessOrEqual(t, took, o.LeaseTTL+o.Renew+500*time.Millisecond, "rows move within LeaseTTL + Renew")
 	require.GreaterOrEqual(t, took, o.LeaseTTL-o.Renew, "not before b's leases expired")
+	running := append(rec.on("a"), rec.on("c")...)
+	slices.Sort(running)
+	require.Equal(t, keys, running, "every row runs once, on a or c")
 	for k, f := range fences {
-		got, ok := a.table.Fence(k)
+		owner := a.table
+		if slices.Contains(c.table.Owned(), k) {
+			owner = c.table
+		}
+		got, ok := owner.Fence(k)
 		require.True(t, ok)
 		require.Equal(t, f+1, got, "the claim raised %s's fence", k)
 	}
 	closed := time.Now()
 	require.Error(t, b.table.Close(), "releasing needs the closed pool")
 	require.Less(t, time.Since(closed), 2*o.Renew, "Close does not hang on a closed pool")
-	require.Empty(t, rec.problems())
+	require.Empty(t, rec.problems(), "no row ran on two nodes at once")
 }
 
 func TestCutOffNodeStopsItsRowsBeforeAnyOtherNodeRunsThem(t *testing.T) {

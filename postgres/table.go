@@ -286,10 +286,12 @@ func (t *Table[P]) Iter(ctx context.Context) (supervisor.Iterator[string, P], er
 	}
 	ctx, cancel := context.WithTimeout(ctx, t.o.Renew)
 	defer cancel()
+	// An unnamed statement: planned for its parameters every time, as a
+	// generic plan of a join with an array can walk the array per row.
 	rows, err := t.db.Query(ctx, `SELECT r.key, r.data FROM `+t.schema.rows+` r
 JOIN unnest($3::text[], $4::bigint[]) AS h(key, fence) ON r.key = h.key AND r.fence = h.fence
 WHERE r.name = $1 AND r.owner = $2 AND NOT r.deleted ORDER BY r.key`,
-		t.name, t.o.Node, keys, fences)
+		pgx.QueryExecModeExec, t.name, t.o.Node, keys, fences)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: table %q: iter: %w", t.name, err)
 	}
