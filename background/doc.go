@@ -22,7 +22,7 @@
 //
 // Quick start:
 //
-//	store := background.NewMemoryStore() // or a database store, for several machines
+//	store := background.NewMemoryStore() // or postgres.NewStore, for several machines
 //	p := background.NewProcess("reindex", worker, store, time.Hour, background.Params{})
 //	if _, err := p.RegisterWork("users", background.Params{Ints: map[string]int64{"batch": 500}}, nil); err != nil {
 //		return err

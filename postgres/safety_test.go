@@ -271,7 +271,10 @@ func TestCutOffNodeStopsItsRowsBeforeAnyOtherNodeRunsThem(t *testing.T) {
 	proxy.Cut()
 	require.Eventually(t, func() bool { return len(rec.on("a")) == 0 }, o.LeaseTTL, 5*time.Millisecond)
 	stopped := time.Since(cut)
+	// Lost at (last renewal sent) + LeaseTTL − StopGrace − Renew; the last
+	// renewal was sent at most a Renew before the cut.
 	require.LessOrEqual(t, stopped, o.LeaseTTL-o.StopGrace, "a declares its rows lost LeaseTTL − StopGrace − Renew after its last renewal")
+	require.GreaterOrEqual(t, stopped, o.LeaseTTL-o.StopGrace-2*o.Renew-100*time.Millisecond, "not before")
 	require.Empty(t, a.table.Owned())
 	require.Eventually(t, func() bool { return slices.Equal(rec.on("b"), keys) }, 2*o.LeaseTTL, 10*time.Millisecond)
 	t.Logf("cut off: a stopped its rows after %v, b runs all of them after %v", stopped, time.Since(cut))
