@@ -80,6 +80,7 @@ type renewed struct {
 func (t *Table[P]) cycle(ctx context.Context) error {
 	t.mu.Lock()
 	epoch := t.epoch
+	clear(t.notifiedFree) // what was notified before this cycle's claim, the claim reads
 	var keys, releaseKeys []string
 	var fences, releaseFences []int64
 	var releaseOnlyDeleted []bool
@@ -335,7 +336,7 @@ RETURNING r.key, r.fence, r.version`, pgx.QueryExecModeExec, t.name, t.o.Node, o
 	}
 	keys := make([]string, 0, len(got))
 	for _, c := range got {
-		t.held[c.Key] = &lease{fence: c.Fence, version: c.Version}
+		t.held[c.Key] = &lease{fence: c.Fence, version: max(c.Version, t.notifiedFree[c.Key])}
 		delete(t.orphans, c.Key)
 		keys = append(keys, c.Key)
 	}

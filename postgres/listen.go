@@ -81,6 +81,10 @@ func (t *Table[P]) notified(payload string) {
 	defer t.mu.Unlock()
 	l := t.held[c.key]
 	if l == nil {
+		// A claim under way may take the row at an older version: the
+		// claim's announcement covers this change, so its lease starts
+		// at this version, and a renewal does not announce it again.
+		t.notifiedFree[c.key] = max(t.notifiedFree[c.key], c.version)
 		t.announceLocked(c.key)
 		if c.op == opPutFree {
 			t.wakeUp()

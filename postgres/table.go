@@ -33,15 +33,16 @@ type Table[P any] struct {
 	schema schema
 	log    *slog.Logger
 
-	mu       sync.Mutex
-	held     map[string]*lease // leases this node holds, by key
-	orphans  map[string]orphan // rows this node's ID owns in the database but this Table does not hold: it may claim them back
-	retry    map[string]bool   // held rows whose Get failed: announced again after the next renewal
-	epoch    uint64            // bumped whenever every lease is given up at once
-	deadline time.Time         // the held rows are lost at this instant (monotonic clock)
-	loss     *time.Timer       // fires at deadline
-	watchers map[*watcher]struct{}
-	closed   bool
+	mu           sync.Mutex
+	held         map[string]*lease // leases this node holds, by key
+	orphans      map[string]orphan // rows this node's ID owns in the database but this Table does not hold: it may claim them back
+	retry        map[string]bool   // held rows whose Get failed: announced again after the next renewal
+	notifiedFree map[string]int64  // versions notified, during the current cycle, of rows not held
+	epoch        uint64            // bumped whenever every lease is given up at once
+	deadline     time.Time         // the held rows are lost at this instant (monotonic clock)
+	loss         *time.Timer       // fires at deadline
+	watchers     map[*watcher]struct{}
+	closed       bool
 
 	wake       chan struct{}   // a cycle is wanted soon (capacity 1)
 	done       <-chan struct{} // closed by Close: the Table's goroutines return
@@ -99,13 +100,14 @@ func NewTable[P any](ctx context.Context, db *pgxpool.Pool, name string,
 	}
 	t := &Table[P]{
 		db: db, name: name, decode: decode, o: o,
-		schema:   newSchema(o.Prefix),
-		log:      o.Logger.With("table", name, "node", o.Node),
-		held:     map[string]*lease{},
-		orphans:  map[string]orphan{},
-		retry:    map[string]bool{},
-		watchers: map[*watcher]struct{}{},
-		wake:     make(chan struct{}, 1),
+		schema:       newSchema(o.Prefix),
+		log:          o.Logger.With("table", name, "node", o.Node),
+		held:         map[string]*lease{},
+		orphans:      map[string]orphan{},
+		retry:        map[string]bool{},
+		notifiedFree: map[string]int64{},
+		watchers:     map[*watcher]struct{}{},
+		wake:         make(chan struct{}, 1),
 	}
 	if err := t.schema.create(ctx, db); err != nil {
 		return nil, err
