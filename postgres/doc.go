@@ -39,7 +39,9 @@
 // owned row makes its owner's supervisor replace the process, a deleted
 // row stops on its owner at once. Watch announces puts, deletes and rows
 // gained and lost — never a renewal that changes nothing, so no process is
-// ever restarted by a renewal.
+// ever restarted by a renewal. (One exception, on purpose: a row whose Get
+// failed is announced once more after the next renewal, since a supervisor
+// drops a key it could not read.)
 //
 // # Safety
 //
@@ -53,7 +55,11 @@
 // twice the supervisor's StopTimeout (its graceful plus its forced wait).
 // Get and Iter give a query at most Renew, and answer at once for rows
 // the node does not hold, so a supervisor reading a Table never hangs on
-// a database that stopped answering.
+// a database that stopped answering. A shed or deleted row's StopGrace
+// counts from the moment the Table gives it up, and a supervisor applies
+// announced keys one at a time — on a slow database each read of a row
+// the node still runs can take up to Renew — so leave StopGrace room for
+// that beyond the processes' own stop time.
 //
 // A deleted row stays as a tombstone, with its owner's lease, until the
 // owner has released it (StopGrace after it saw the delete): put again

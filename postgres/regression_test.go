@@ -243,3 +243,98 @@ SELECT 'jobs', 'row-' || i, '' FROM generate_series(1, 10000) AS i`)
 	t.Logf("8 Iters of 10k rows: %v", time.Since(start))
 	require.Zero(t, lost.Load(), "the node never declared its rows lost")
 }
+
+// slowStopJob takes 500ms to stop after it is asked to.
+type slowStopJob struct {
+	key, node string
+	rec       *runRecorder
+}
+
+func (j *slowStopJob) Run(ctx context.Context, ready supervisor.Callback) error {
+	j.rec.start(j.key, j.node)
+	defer j.rec.stop(j.key, j.node)
+	err := ready(ctx)
+	time.Sleep(500 * time.Millisecond)
+	return err
+}
+
+// runSlowStopNode runs a supervisor of slowStopJobs over a new Table.
+func runSlowStopNode(t *testing.T, url string, o postgres.Options, rec *runRecorder) *postgres.Table[*slowStopJob] {
+	t.Helper()
+	decode := func(key string, _ []byte) (*slowStopJob, error) {
+		return &slowStopJob{key: key, node: o.Node, rec: rec}, nil
+	}
+	table, err := postgres.NewTable(context.Background(), newPool(t, url), "jobs", decode, o)
+	require.NoError(t, err)
+	sup := supervisor.NewSupervisor[string, *slowStopJob](table, supervisor.Options{
+		Name: o.Node, StopTimeout: o.StopGrace / 2, ScanInterval: o.Renew, Logger: slog.New(slog.DiscardHandler)})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx, func(ctx context.Context) error { <-ctx.Done(); return nil }) }()
+	t.Cleanup(func() { cancel(); <-done; _ = table.Close() })
+	return table
+}
+
+// Close releases only what its own Table holds: a second Table under the
+// same node ID closing must not free the first one's rows for a third
+// node while the first still runs them.
+func TestCloseOfASecondTableUnderTheSameNodeIDLeavesTheFirstsRows(t *testing.T) {
+	url := testURL(t)
+	o := postgres.Options{Node: "host1", Prefix: testPrefix(), LeaseTTL: 10 * time.Second, Renew: 2 * time.Second, StopGrace: 4 * time.Second}
+	rec := newRunRecorder()
+	a := runSlowStopNode(t, url, o, rec)
+	ctx := context.Background()
+	for _, k := range []string{"k0", "k1", "k2", "k3"} {
+		require.NoError(t, a.Put(ctx, k, []byte("1")))
+	}
+	require.Eventually(t, func() bool { return len(rec.on("host1")) == 4 }, 5*time.Second, 5*time.Millisecond)
+	other := o
+	other.Node = "other"
+	runSlowStopNode(t, url, other, rec) // live, holding nothing: its share is 2
+	b := openTable(t, newPool(t, url), "jobs", o)
+	time.Sleep(500 * time.Millisecond)
+	require.NoError(t, b.Close())
+	time.Sleep(3 * time.Second)
+	require.Empty(t, rec.problems(), "a row ran on two nodes at once")
+}
+
+// A row deleted, purged and put again while a claim is under way keeps
+// versions above every earlier one: a put after the claim is announced.
+func TestPutAfterAClaimOfARowPurgedAndPutAgainIsAnnounced(t *testing.T) {
+	db := newPool(t, testURL(t))
+	prefix := testPrefix()
+	o := postgres.Options{Node: "a", Prefix: prefix, LeaseTTL: 10 * time.Second, Renew: time.Second, StopGrace: 2 * time.Second}
+	a := openTable(t, db, "jobs", o)
+	ctx := context.Background()
+	require.NoError(t, a.Put(ctx, "h", []byte("held")))
+	require.Eventually(t, func() bool { return len(a.Owned()) == 1 }, 3*time.Second, 5*time.Millisecond)
+	watch, err := a.Watch(ctx)
+	require.NoError(t, err)
+
+	// Hold the lock of a's row, so that its next cycle waits in its renewal.
+	tx, err := db.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `SELECT 1 FROM `+prefix+`rows WHERE name = 'jobs' AND key = 'h' FOR UPDATE`)
+	require.NoError(t, err)
+	time.Sleep(o.Renew + 300*time.Millisecond)
+	// Meanwhile k is put a few times, deleted, purged (as another node's
+	// cycle does) and put again.
+	for i := range 5 {
+		require.NoError(t, a.Put(ctx, "k", []byte("old"+strconv.Itoa(i))))
+	}
+	_, err = a.Delete(ctx, "k")
+	require.NoError(t, err)
+	_, err = db.Exec(ctx, `DELETE FROM `+prefix+`rows WHERE name = 'jobs' AND key = 'k' AND deleted AND owner IS NULL`)
+	require.NoError(t, err)
+	require.NoError(t, a.Put(ctx, "k", []byte("new")))
+	time.Sleep(100 * time.Millisecond) // the notifications arrive
+	require.NoError(t, tx.Commit(ctx))
+	require.Eventually(t, func() bool { return len(a.Owned()) == 2 }, 3*time.Second, 5*time.Millisecond)
+	collect(watch, 300*time.Millisecond)
+
+	require.NoError(t, a.Put(ctx, "k", []byte("newer")))
+	require.Contains(t, collect(watch, 3*o.Renew), "k", "the put after the claim is announced")
+	v, err := a.Get(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, "newer", v)
+}

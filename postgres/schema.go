@@ -15,8 +15,10 @@ import (
 //	<prefix>rows    the rows: data, version, tombstone, owner, fence, lease
 //	<prefix>nodes   one heartbeat per node and table name
 //	<prefix>states  background states (Store), as JSON
+//	<prefix>versions the sequence of row versions
 type schema struct {
 	tables, rows, nodes, states string // quoted identifiers
+	nextVersion                 string // nextval of the versions sequence
 	channel                     string // NOTIFY channel name, unquoted
 	listen                      string // LISTEN statement
 	prefix                      string
@@ -25,13 +27,16 @@ type schema struct {
 func newSchema(prefix string) schema {
 	quote := func(s string) string { return pgx.Identifier{prefix + s}.Sanitize() }
 	return schema{
-		tables:  quote("tables"),
-		rows:    quote("rows"),
-		nodes:   quote("nodes"),
-		states:  quote("states"),
-		channel: prefix + "changes",
-		listen:  "LISTEN " + quote("changes"),
-		prefix:  prefix,
+		tables: quote("tables"),
+		rows:   quote("rows"),
+		nodes:  quote("nodes"),
+		states: quote("states"),
+		// Versions come from one sequence, so a row purged and put again
+		// still gets versions above every one it had.
+		nextVersion: `nextval('` + quote("versions") + `')`,
+		channel:     prefix + "changes",
+		listen:      "LISTEN " + quote("changes"),
+		prefix:      prefix,
 	}
 }
 
@@ -44,6 +49,7 @@ func (s schema) create(ctx context.Context, db *pgxpool.Pool) error {
 			return err
 		}
 		_, err := tx.Exec(ctx, `
+CREATE SEQUENCE IF NOT EXISTS `+pgx.Identifier{s.prefix + "versions"}.Sanitize()+`;
 CREATE TABLE IF NOT EXISTS `+s.tables+` (
 	name        text PRIMARY KEY,
 	fence_floor bigint NOT NULL DEFAULT 0
@@ -52,7 +58,7 @@ CREATE TABLE IF NOT EXISTS `+s.rows+` (
 	name        text NOT NULL,
 	key         text NOT NULL,
 	data        bytea,
-	version     bigint NOT NULL DEFAULT 1,
+	version     bigint NOT NULL DEFAULT `+s.nextVersion+`,
 	deleted     boolean NOT NULL DEFAULT false,
 	owner       text,
 	fence       bigint NOT NULL DEFAULT 0,
@@ -61,6 +67,7 @@ CREATE TABLE IF NOT EXISTS `+s.rows+` (
 );
 CREATE INDEX IF NOT EXISTS `+pgx.Identifier{s.prefix + "rows_owner"}.Sanitize()+` ON `+s.rows+` (name, owner);
 CREATE INDEX IF NOT EXISTS `+pgx.Identifier{s.prefix + "rows_deleted"}.Sanitize()+` ON `+s.rows+` (name) WHERE deleted;
+ALTER SEQUENCE `+pgx.Identifier{s.prefix + "versions"}.Sanitize()+` OWNED BY `+s.rows+`.version;
 CREATE TABLE IF NOT EXISTS `+s.nodes+` (
 	name      text NOT NULL,
 	node      text NOT NULL,

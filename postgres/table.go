@@ -115,8 +115,12 @@ func NewTable[P any](ctx context.Context, db *pgxpool.Pool, name string,
 	t.loss = time.AfterFunc(time.Hour, t.lossDue)
 	t.loss.Stop()
 	if err := t.cycle(ctx); err != nil {
-		t.loss.Stop()
-		return nil, fmt.Errorf("postgres: table %q: first renewal: %w", name, err)
+		// Best effort: a heartbeat left behind would count as a live node
+		// and shrink the others' shares until it expires.
+		t.mu.Lock()
+		keys, fences := t.giveUpLocked()
+		t.mu.Unlock()
+		return nil, errors.Join(fmt.Errorf("postgres: table %q: first renewal: %w", name, err), t.release(keys, fences))
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	t.cancel, t.done = cancel, runCtx.Done()
@@ -160,7 +164,7 @@ func (t *Table[P]) Put(ctx context.Context, key string, data []byte) error {
 	_, err := t.db.Exec(ctx, `
 WITH up AS (
 	INSERT INTO `+t.schema.rows+` AS r (name, key, data) VALUES ($1, $2, $3)
-	ON CONFLICT (name, key) DO UPDATE SET data = EXCLUDED.data, version = r.version + 1, deleted = false
+	ON CONFLICT (name, key) DO UPDATE SET data = EXCLUDED.data, version = `+t.schema.nextVersion+`, deleted = false
 	RETURNING r.version, r.owner
 )
 SELECT pg_notify($4, CASE WHEN owner IS NULL THEN 'n' ELSE 'p' END || ' ' || version || ' ' || $5) FROM up`,
@@ -186,7 +190,7 @@ func (t *Table[P]) Delete(ctx context.Context, key string) (bool, error) {
 	}
 	tag, err := t.db.Exec(ctx, `
 WITH d AS (
-	UPDATE `+t.schema.rows+` SET deleted = true, data = NULL, version = version + 1
+	UPDATE `+t.schema.rows+` SET deleted = true, data = NULL, version = `+t.schema.nextVersion+`
 	WHERE name = $1 AND key = $2 AND NOT deleted
 	RETURNING version
 )
@@ -373,8 +377,10 @@ func (t *Table[P]) Fence(key string) (int64, bool) {
 	return 0, false
 }
 
-// Close stops renewing, releases every lease this node holds and deletes
-// its heartbeat, then tells the other nodes, which claim the rows at once.
+// Close stops renewing, releases every lease this Table holds (and those
+// it lost but may still own, matched by fence: never another Table's
+// under the same node ID) and deletes its heartbeat, then tells the other
+// nodes, which claim the rows at once.
 // Stop the supervisor that runs the rows first: their processes may still
 // be running when the leases go. Close ends every Watch channel and waits
 // for the Table's goroutines; it returns the release's error (the leases
@@ -383,24 +389,40 @@ func (t *Table[P]) Close() error {
 	t.closeOnce.Do(func() {
 		t.mu.Lock()
 		t.closed = true
-		t.loss.Stop()
-		t.held = map[string]*lease{}
-		t.epoch++
+		keys, fences := t.giveUpLocked()
 		t.mu.Unlock()
 		t.cancel()
 		t.background.Wait()
-		t.closeErr = t.release()
+		t.closeErr = t.release(keys, fences)
 	})
 	return t.closeErr
 }
 
-// release gives up every lease of this node in the database.
-func (t *Table[P]) release() error {
+// giveUpLocked stops the loss timer and empties held and orphans,
+// returning the (key, fence) pairs to release; t.mu is held.
+func (t *Table[P]) giveUpLocked() (keys []string, fences []int64) {
+	t.loss.Stop()
+	for key, l := range t.held {
+		keys, fences = append(keys, key), append(fences, l.fence)
+	}
+	for key, o := range t.orphans {
+		keys, fences = append(keys, key), append(fences, o.fence)
+	}
+	t.held, t.orphans = map[string]*lease{}, map[string]orphan{}
+	t.epoch++
+	return keys, fences
+}
+
+// release gives up the leases (key, fence) in the database and deletes
+// the heartbeat; rows claimed by an answer that never came expire.
+func (t *Table[P]) release(keys []string, fences []int64) error {
 	ctx, cancel := context.WithTimeout(context.Background(), t.o.Renew)
 	defer cancel()
 	batch := &pgx.Batch{}
-	batch.Queue(`UPDATE `+t.schema.rows+` SET owner = NULL, lease_until = NULL WHERE name = $1 AND owner = $2`,
-		t.name, t.o.Node)
+	batch.Queue(`UPDATE `+t.schema.rows+` r SET owner = NULL, lease_until = NULL
+FROM unnest($3::text[], $4::bigint[]) AS h(key, fence)
+WHERE r.name = $1 AND r.key = h.key AND r.owner = $2 AND r.fence = h.fence`,
+		t.name, t.o.Node, keys, fences)
 	batch.Queue(`DELETE FROM `+t.schema.nodes+` WHERE name = $1 AND node = $2`, t.name, t.o.Node)
 	batch.Queue(`SELECT pg_notify($1, $2)`, t.schema.channel, change{op: opReleased, name: t.name}.payload())
 	if err := t.db.SendBatch(ctx, batch).Close(); err != nil {

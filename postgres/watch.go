@@ -43,7 +43,9 @@ func (w *watcher) take() []string {
 // node), gained (claimed by this node) or lost (shed, taken, or given up
 // when the database could not be reached) after Watch was called. Lease
 // renewals that change nothing announce nothing, so a supervisor never
-// restarts a process for a renewal. Pending keys are coalesced. The
+// restarts a process for a renewal — except that a row whose Get failed is
+// announced once more after the next successful renewal, as a supervisor
+// drops a key it could not read. Pending keys are coalesced. The
 // channel is closed when ctx is done or the Table is closed.
 func (t *Table[P]) Watch(ctx context.Context) (<-chan string, error) {
 	w := &watcher{queued: map[string]bool{}, signal: make(chan struct{}, 1)}
