@@ -72,9 +72,10 @@
 //
 // NewTable and NewStore create, if missing, four tables named after
 // Options.Prefix (default "supervisor_"): <prefix>tables, <prefix>rows,
-// <prefix>nodes and <prefix>states, and use the NOTIFY channel
-// <prefix>changes. Every table name of a prefix shares them. Keys are at
-// most MaxKeyLen (1000) bytes, as a NOTIFY payload is limited.
+// <prefix>nodes and <prefix>states, and the sequence <prefix>versions
+// (owned by the rows table), and use the NOTIFY channel <prefix>changes.
+// Every table name of a prefix shares them. Keys are at most MaxKeyLen
+// (1000) bytes, as a NOTIFY payload is limited.
 //
 // # Connections
 //

@@ -244,37 +244,6 @@ SELECT 'jobs', 'row-' || i, '' FROM generate_series(1, 10000) AS i`)
 	require.Zero(t, lost.Load(), "the node never declared its rows lost")
 }
 
-// slowStopJob takes 500ms to stop after it is asked to.
-type slowStopJob struct {
-	key, node string
-	rec       *runRecorder
-}
-
-func (j *slowStopJob) Run(ctx context.Context, ready supervisor.Callback) error {
-	j.rec.start(j.key, j.node)
-	defer j.rec.stop(j.key, j.node)
-	err := ready(ctx)
-	time.Sleep(500 * time.Millisecond)
-	return err
-}
-
-// runSlowStopNode runs a supervisor of slowStopJobs over a new Table.
-func runSlowStopNode(t *testing.T, url string, o postgres.Options, rec *runRecorder) *postgres.Table[*slowStopJob] {
-	t.Helper()
-	decode := func(key string, _ []byte) (*slowStopJob, error) {
-		return &slowStopJob{key: key, node: o.Node, rec: rec}, nil
-	}
-	table, err := postgres.NewTable(context.Background(), newPool(t, url), "jobs", decode, o)
-	require.NoError(t, err)
-	sup := supervisor.NewSupervisor[string, *slowStopJob](table, supervisor.Options{
-		Name: o.Node, StopTimeout: o.StopGrace / 2, ScanInterval: o.Renew, Logger: slog.New(slog.DiscardHandler)})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sup.Run(ctx, func(ctx context.Context) error { <-ctx.Done(); return nil }) }()
-	t.Cleanup(func() { cancel(); <-done; _ = table.Close() })
-	return table
-}
-
 // Close releases only what its own Table holds: a second Table under the
 // same node ID closing must not free the first one's rows for a third
 // node while the first still runs them.
@@ -282,7 +251,7 @@ func TestCloseOfASecondTableUnderTheSameNodeIDLeavesTheFirstsRows(t *testing.T) 
 	url := testURL(t)
 	o := postgres.Options{Node: "host1", Prefix: testPrefix(), LeaseTTL: 10 * time.Second, Renew: 2 * time.Second, StopGrace: 4 * time.Second}
 	rec := newRunRecorder()
-	a := runSlowStopNode(t, url, o, rec)
+	a := startSlowStopNode(t, url, o, rec, 500*time.Millisecond).table
 	ctx := context.Background()
 	for _, k := range []string{"k0", "k1", "k2", "k3"} {
 		require.NoError(t, a.Put(ctx, k, []byte("1")))
@@ -290,7 +259,7 @@ func TestCloseOfASecondTableUnderTheSameNodeIDLeavesTheFirstsRows(t *testing.T) 
 	require.Eventually(t, func() bool { return len(rec.on("host1")) == 4 }, 5*time.Second, 5*time.Millisecond)
 	other := o
 	other.Node = "other"
-	runSlowStopNode(t, url, other, rec) // live, holding nothing: its share is 2
+	startSlowStopNode(t, url, other, rec, 500*time.Millisecond) // live, holding nothing: its share is 2
 	b := openTable(t, newPool(t, url), "jobs", o)
 	time.Sleep(500 * time.Millisecond)
 	require.NoError(t, b.Close())

@@ -69,16 +69,20 @@ func (r *runRecorder) problems() []string {
 	return slices.Clone(r.violations)
 }
 
-// recordedJob runs until stopped, recorded from its start to its return.
+// recordedJob runs until stopped, and then takes stopDelay to stop; it is
+// recorded from its start to its return.
 type recordedJob struct {
 	key, node string
 	rec       *runRecorder
+	stopDelay time.Duration
 }
 
 func (j *recordedJob) Run(ctx context.Context, ready supervisor.Callback) error {
 	j.rec.start(j.key, j.node)
 	defer j.rec.stop(j.key, j.node)
-	return ready(ctx)
+	err := ready(ctx)
+	time.Sleep(j.stopDelay)
+	return err
 }
 
 // clusterNode is one node: a pool, a Table and a Supervisor running it.
@@ -90,13 +94,20 @@ type clusterNode struct {
 	done  chan error
 }
 
-// startNode opens a node on url and runs its supervisor until stopNode.
+// startNode opens a node on url and runs its supervisor until the test
+// ends; its jobs stop at once.
 func startNode(t *testing.T, url string, o postgres.Options, rec *runRecorder) *clusterNode {
+	t.Helper()
+	return startSlowStopNode(t, url, o, rec, 0)
+}
+
+// startSlowStopNode is startNode with jobs that take stopDelay to stop.
+func startSlowStopNode(t *testing.T, url string, o postgres.Options, rec *runRecorder, stopDelay time.Duration) *clusterNode {
 	t.Helper()
 	db, err := pgxpool.New(context.Background(), url)
 	require.NoError(t, err)
 	decode := func(key string, _ []byte) (*recordedJob, error) {
-		return &recordedJob{key: key, node: o.Node, rec: rec}, nil
+		return &recordedJob{key: key, node: o.Node, rec: rec, stopDelay: stopDelay}, nil
 	}
 	table, err := postgres.NewTable(context.Background(), db, "jobs", decode, o)
 	require.NoError(t, err)

@@ -180,15 +180,27 @@ func (t *storeTx) Write(ctx context.Context, s *background.State) error {
 	return nil
 }
 
-// usable says why the transaction cannot take a statement, if it cannot.
-func (t *storeTx) usable(ctx context.Context) error {
+// lost says why the transaction can no longer commit, if it cannot: a
+// statement failed, or Lock's ctx is done.
+func (t *storeTx) lost() error {
 	switch {
-	case t.done:
-		return background.ErrTxDone
 	case t.err != nil:
 		return fmt.Errorf("the transaction failed: %w", t.err)
 	case t.ctx.Err() != nil:
 		return fmt.Errorf("the transaction's context: %w", context.Cause(t.ctx))
+	}
+	return nil
+}
+
+// usable says why the transaction cannot take a statement, if it cannot.
+func (t *storeTx) usable(ctx context.Context) error {
+	if t.done {
+		return background.ErrTxDone
+	}
+	if err := t.lost(); err != nil {
+		return err
+	}
+	switch {
 	case ctx.Err() != nil:
 		return context.Cause(ctx)
 	case t.tx.Conn().IsClosed():
@@ -206,14 +218,7 @@ func (t *storeTx) Commit() error {
 		return fmt.Errorf("postgres: store: state %q: commit: %w", t.name, background.ErrTxDone)
 	}
 	t.done = true
-	var lost error
-	switch {
-	case t.err != nil:
-		lost = fmt.Errorf("the transaction failed: %w", t.err)
-	case t.ctx.Err() != nil:
-		lost = fmt.Errorf("the transaction's context: %w", context.Cause(t.ctx))
-	}
-	if lost != nil {
+	if lost := t.lost(); lost != nil {
 		// Rolled back here rather than by closing the connection, so the
 		// lock is free when Commit returns.
 		_ = endRollback(t.ctx, t.tx)

@@ -2,8 +2,6 @@ package postgres_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"math"
@@ -28,22 +26,17 @@ import (
 // the subtest that asked for it ends.
 type storeServer struct {
 	url   string
-	run   string
-	n     atomic.Int64
 	admin *pgxpool.Pool // for the test's own statements; never closed by a subtest
 }
 
 func newStoreServer(t *testing.T) *storeServer {
 	t.Helper()
-	var run [4]byte
-	_, _ = rand.Read(run[:])
-	s := &storeServer{url: testURL(t), run: hex.EncodeToString(run[:])}
+	s := &storeServer{url: testURL(t)}
 	s.admin = s.pool(t)
 	return s
 }
 
-// pool returns a new pool of at most 16 connections, closed when t ends,
-// once the server answers: a fresh cluster may still be starting up.
+// pool returns a new pool of at most 16 connections, closed when t ends.
 func (s *storeServer) pool(t *testing.T) *pgxpool.Pool {
 	t.Helper()
 	config, err := pgxpool.ParseConfig(s.url)
@@ -52,23 +45,13 @@ func (s *storeServer) pool(t *testing.T) *pgxpool.Pool {
 	db, err := pgxpool.NewWithConfig(t.Context(), config)
 	require.NoError(t, err)
 	t.Cleanup(db.Close)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := db.Ping(t.Context())
-		if err == nil {
-			return db
-		}
-		if time.Now().After(deadline) {
-			require.NoError(t, err, "the server does not answer")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return db
 }
 
 // prefix returns a new Prefix whose tables are dropped when t ends.
 func (s *storeServer) prefix(t *testing.T) string {
 	t.Helper()
-	prefix := fmt.Sprintf("st_%s_%d_", s.run, s.n.Add(1))
+	prefix := testPrefix()
 	t.Cleanup(func() {
 		var tables []string
 		for _, table := range []string{"tables", "rows", "nodes", "states"} {
